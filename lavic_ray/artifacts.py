@@ -1,0 +1,74 @@
+"""Where each stage reads and writes, under one storage root.
+
+Stages talk only through these artifacts. Each artifact directory holds a
+``config.yaml`` with the resolved configuration that produced it, written next
+to the data so a result can always be traced back to its settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from lavic_ray.config import config_to_yaml
+
+CONFIG_FILE = "config.yaml"
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """Write ``text`` so that readers see the old file or the new one, never half of it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json(path: str | Path, obj, config: BaseModel | None = None) -> Path:
+    """Write ``obj`` as JSON (atomically) and, when given, the config beside it."""
+    path = Path(path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    if config is not None:
+        write_config(path.parent, config)
+    return path
+
+
+def write_config(directory: str | Path, config: BaseModel) -> Path:
+    return atomic_write_text(Path(directory) / CONFIG_FILE, config_to_yaml(config))
+
+
+class Artifacts:
+    """The artifact layout under a storage root.
+
+    ``catalog/``            the dataset in the LaViC layout (synthetic, or a link to the user's)
+    ``retrieval/<kind>/``   saved retriever indexes
+    ``eval/<name>/``        metrics.json, predictions.jsonl, config.yaml
+    ``report/``             the markdown report and its plots
+    """
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "catalog"
+
+    def retrieval_index(self, kind: str) -> Path:
+        return self.root / "retrieval" / kind
+
+    def eval_dir(self, name: str) -> Path:
+        return self.root / "eval" / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"

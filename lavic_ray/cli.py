@@ -1,0 +1,194 @@
+"""The ``lavic`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+log = logging.getLogger("lavic")
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file (see jobs/configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set synth.items=200 (repeatable)")
+
+
+def _load(args, extra: list[str] | None = None):
+    from lavic_ray.config import load_config
+
+    return load_config(args.config, [*(extra or []), *args.overrides])
+
+
+def cmd_validate(args) -> int:
+    from lavic_ray.data.validate import validate_root
+
+    report = validate_root(args.root, images_dir=args.images_dir, images=args.images)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        print(report.render(args.max_problems))
+    failed = bool(report.errors) or (args.strict and bool(report.warnings))
+    return 1 if failed else 0
+
+
+def cmd_synth(args) -> int:
+    from lavic_ray.data.synthetic import generate
+
+    extra = []
+    for key in ("seed", "items", "conversations"):
+        if getattr(args, key) is not None:
+            extra.append(f"synth.{key}={getattr(args, key)}")
+    cfg = _load(args, extra)
+    manifest = generate(cfg.synth, args.out, force=args.force)
+    print(json.dumps(manifest) if args.json else
+          f"wrote {manifest['items']} items ({manifest['images']} images) and "
+          f"{sum(manifest['conversations'].values())} conversations {manifest['conversations']} to {args.out}")
+    return 0
+
+
+def _read_catalog(path: str | None):
+    from lavic_ray.data.layout import Catalog
+
+    return Catalog.load(path) if path else None
+
+
+def cmd_evaluate(args) -> int:
+    from lavic_ray.data.layout import read_conversations
+    from lavic_ray.eval.evaluate import EvalContext, evaluate, format_table
+
+    extra = [f"eval.seed={args.seed}"] if args.seed is not None else []
+    if args.limit is not None:
+        extra.append(f"eval.limit={args.limit}")
+    cfg = _load(args, extra)
+    convs = read_conversations(args.conversations, candidate_keys=(args.candidates_key,))
+    ctx = EvalContext(cfg, _read_catalog(args.items))
+    metrics = evaluate(convs, args.method, args.candidates_key, ctx, out_dir=args.out)
+    metrics["conversations_file"] = str(args.conversations)
+    if args.json:
+        print(json.dumps(metrics))
+    else:
+        print(format_table({args.method: metrics}))
+        print(f"{metrics['conversations']} conversations, {metrics['gt_items']} ground-truth items, candidates from {args.candidates_key}")
+    return 0
+
+
+def cmd_index(args) -> int:
+    from lavic_ray.retrieval import make_retriever
+
+    cfg = _load(args)
+    rc = cfg.retrieval
+    catalog = _read_catalog(args.items)
+    kwargs = ({"model": rc.sbert_model, "device": rc.device, "batch_size": rc.batch_size} if args.retriever == "sbert"
+              else {"k1": rc.bm25_k1, "b": rc.bm25_b, "stem": rc.bm25_stem})
+    r = make_retriever(args.retriever, **kwargs).index_items(list(catalog), rc.item_text)
+    r.save(args.out)
+    print(f"indexed {len(catalog)} items with {args.retriever} into {args.out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    from lavic_ray.retrieval import Retriever
+
+    r = Retriever.load(args.index)
+    hits = r.search([args.query], k=args.k)[0]
+    if args.json:
+        print(json.dumps([{"item_id": i, "score": s} for i, s in hits]))
+    else:
+        for rank, (i, s) in enumerate(hits, start=1):
+            print(f"{rank:3d}  {i}  {s:.4f}")
+    return 0
+
+
+def cmd_quickstart(args) -> int:
+    from lavic_ray.quickstart import run_quickstart
+
+    cfg = _load(args)
+    results = run_quickstart(cfg, workdir=args.workdir, echo=not args.json)
+    if args.json:
+        print(json.dumps(results))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lavic", description="LaViC on Ray: data, training, evaluation and serving.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="check a dataset in the LaViC layout; every problem with file, line and field")
+    p.add_argument("root", help="dataset root (item2meta_*.json[l], images/, <domain>/<split>.jsonl)")
+    p.add_argument("--json", action="store_true", help="print one JSON report")
+    p.add_argument("--images", choices=("none", "header", "decode"), default="header",
+                   help="image check: none, header (fast, default) or decode (every pixel)")
+    p.add_argument("--images-dir", help="image directory (default ROOT/images)")
+    p.add_argument("--max-problems", type=int, default=50, help="problems listed in the text report")
+    p.add_argument("--strict", action="store_true", help="exit non-zero on warnings too")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("synth", help="write the visually grounded synthetic catalog in the LaViC layout")
+    p.add_argument("--out", required=True, help="output directory (empty, or a previous synthetic dataset with --force)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--items", type=int)
+    p.add_argument("--conversations", type=int, help="conversations over train/valid/test")
+    p.add_argument("--force", action="store_true", help="replace a previous synthetic dataset in --out")
+    p.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    _config_args(p)
+    p.set_defaults(fn=cmd_synth)
+
+    p = sub.add_parser("evaluate", help="rank each conversation's candidates with a method and report metrics")
+    p.add_argument("--conversations", required=True, help="a {train,valid,test}.jsonl file")
+    p.add_argument("--method", required=True, help="first-candidate, random, sbert, bm25")
+    p.add_argument("--candidates-key", default="candidates_st", help="candidate list field (default candidates_st)")
+    p.add_argument("--items", help="dataset root or item metadata file (needed by methods that read titles)")
+    p.add_argument("--seed", type=int, help="seed of the random method")
+    p.add_argument("--limit", type=int, help="evaluate only the first N conversations")
+    p.add_argument("--out", help="write metrics.json, predictions.jsonl and config.yaml here")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _config_args(p)
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("index", help="build and save a retrieval index over a catalog's items")
+    p.add_argument("--items", required=True, help="dataset root or item metadata file")
+    p.add_argument("--retriever", choices=("sbert", "bm25"), default="sbert")
+    p.add_argument("--out", required=True)
+    _config_args(p)
+    p.set_defaults(fn=cmd_index)
+
+    p = sub.add_parser("search", help="query a saved retrieval index")
+    p.add_argument("--index", required=True)
+    p.add_argument("--query", required=True)
+    p.add_argument("-k", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("quickstart", help="the main job on the embedded default: synthetic catalog -> ... -> report")
+    p.add_argument("--workdir", default="lavic_runs/quickstart", help="where every artifact goes")
+    p.add_argument("--json", action="store_true", help="last line printed: one JSON object of metrics per method")
+    _config_args(p)
+    p.set_defaults(fn=cmd_quickstart)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not args.verbose:
+        for noisy in ("bm25s", "sentence_transformers", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+    from lavic_ray.config import ConfigError
+    from lavic_ray.data.records import DataError
+
+    try:
+        return args.fn(args)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        print(f"lavic {args.command}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,184 @@
+"""Typed configuration: one source of truth, YAML files plus dotted command-line overrides.
+
+Every section rejects unknown keys, so a typo in a preset or an override fails at
+once with the offending path instead of being silently ignored::
+
+    cfg = load_config("jobs/configs/quickstart_small.yaml", ["synth.items=200", "eval.seed=3"])
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is invalid; the message says where and why."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class Fractions(Strict):
+    """Shares of train / valid / test; they must sum to 1."""
+
+    train: float = Field(ge=0, le=1)
+    valid: float = Field(ge=0, le=1)
+    test: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sum_to_one(self) -> "Fractions":
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"train + valid + test must be 1, got {total:g}")
+        return self
+
+
+class SynthConfig(Strict):
+    """The synthetic catalog (``lavic synth``)."""
+
+    seed: int = 0
+    items: int = Field(400, ge=48, description="catalog size")
+    conversations: int = Field(600, ge=20, description="conversations over all three splits")
+    domain: str = "synthetic"
+    image_size: int = Field(672, ge=336, description="square image side; >= 2x336 gives LLaVA-Next 5 views")
+    jpeg_quality: int = Field(90, ge=50, le=100)
+    split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
+    #: Disjoint item pools: a split's ground truth and candidates come from its own pool,
+    #: so valid/test ground-truth items never occur in a training conversation.
+    pools: Fractions = Fractions(train=0.60, valid=0.15, test=0.25)
+    num_candidates: int = Field(10, ge=2)
+    gt_in_candidates: float = Field(0.9, ge=0, le=1, description="share of valid/test lists holding the ground truth (train: all)")
+    isbn_fraction: float = Field(0.1, ge=0, le=1, description="share of ISBN-10-shaped IDs")
+    duplicate_fraction: float = Field(0.06, ge=0, le=1, description="share of items that copy another's colour+pattern (multi-item ground truth)")
+    second_image_fraction: float = Field(0.1, ge=0, le=1, description="share of items with a second image")
+
+
+class DatasetConfig(Strict):
+    """Where a dataset in the LaViC layout is."""
+
+    root: str | None = None
+    domain: str = "synthetic"
+    images_dir: str | None = None
+
+
+class RetrievalConfig(Strict):
+    """Text retrievers (SBERT, BM25)."""
+
+    sbert_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers name or path; the default is the packaged copy")
+    device: str = "cpu"
+    batch_size: int = Field(128, ge=1)
+    item_text: Literal["title", "title+description"] = "title"
+    bm25_k1: float = 1.5
+    bm25_b: float = 0.75
+    bm25_stem: str | None = "english"
+    top_k: int = Field(10, ge=1)
+
+
+class EvalConfig(Strict):
+    """Evaluation runs (``lavic evaluate``)."""
+
+    methods: list[str] = ["first-candidate", "random", "sbert", "bm25"]
+    candidates_key: str = "candidates_st"
+    ks: list[int] = [1, 5, 10]
+    seed: int = 0
+    limit: int | None = Field(None, ge=1, description="evaluate only the first N conversations")
+
+
+class LavicConfig(Strict):
+    """The whole system's configuration."""
+
+    storage_root: str = "lavic_runs/default"
+    dataset: DatasetConfig = DatasetConfig()
+    synth: SynthConfig = SynthConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    if not all(keys):
+        raise ConfigError(f"bad override key {dotted!r}")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is not a section")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """``["a.b=1", "c=[1, 2]"]`` -> nested dict; values are parsed as YAML scalars/lists."""
+    tree: dict = {}
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r} must look like section.key=value")
+        key, raw = ov.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {ov!r}: value is not valid YAML: {e}") from None
+        _set_dotted(tree, key.strip(), value)
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _format_validation(e: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration ({source}):"]
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        msg = "unknown key (check the spelling; see the section's fields)" if err["type"] == "extra_forbidden" else err["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[Strict] = LavicConfig):
+    """Load a configuration from YAML (optional) and dotted overrides.
+
+    Args:
+        path: A YAML file; None starts from the defaults.
+        overrides: ``section.key=value`` strings, applied after the file.
+        cls: The config class (the whole-system :class:`LavicConfig` by default).
+
+    Raises:
+        ConfigError: Unreadable file, bad override, unknown key or bad value; the
+            message names the file and the dotted path.
+    """
+    # defaults <- file <- overrides, merged key by key, so a partial section keeps its other defaults
+    data: dict = cls().model_dump()
+    source = "defaults"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
+        data = _merge(data, loaded)
+        source = str(p)
+    if overrides:
+        data = _merge(data, parse_overrides(overrides))
+        source += " + overrides"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, source)) from None
+
+
+def config_to_yaml(cfg: BaseModel) -> str:
+    """The resolved configuration as YAML (what artifacts are written beside)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,45 @@
+"""Shared fixtures. Nothing here downloads anything: SBERT is the packaged copy."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "data" / "reddit_amazon"
+
+
+@pytest.fixture(scope="session")
+def reference_data() -> Path:
+    """The real Reddit-Amazon validation files, read by path (never copied)."""
+    if not REFERENCE.is_dir():
+        if os.environ.get("CI"):
+            pytest.fail(f"reference data missing at {REFERENCE}")
+        pytest.skip(f"reference data not found at {REFERENCE}")
+    return REFERENCE
+
+
+@pytest.fixture(scope="session")
+def sbert():
+    from lavic_ray.retrieval import SBERTRetriever
+
+    return SBERTRetriever()
+
+
+@pytest.fixture(scope="session")
+def synth_cfg():
+    from lavic_ray.config import SynthConfig
+
+    return SynthConfig(seed=7, items=192, conversations=200)
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory, synth_cfg, sbert) -> Path:
+    """One small synthetic catalog shared by the tests that only read it."""
+    from lavic_ray.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synth")
+    generate(synth_cfg, root, retriever=sbert)
+    return root

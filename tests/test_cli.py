@@ -1,0 +1,37 @@
+"""The `lavic` command: validate, synth, index/search, and its errors."""
+
+import json
+
+from lavic_ray.cli import main
+
+
+def test_validate_exit_codes_and_json(capsys, synth_root, tmp_path):
+    assert main(["validate", str(synth_root)]) == 0
+    assert "OK: 0 errors" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    (bad / "d").mkdir(parents=True)
+    (bad / "item2meta_train.json").write_text('{"B000000001": {"title": "Mug"}}')
+    (bad / "d" / "train.jsonl").write_text('{"context": "<submission>x</submission>", "gt_items": ["B000000001"], "candidates_st": []}\n')
+    assert main(["validate", str(bad), "--json", "--images", "none"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["ok"] is False and report["problems"][0]["line"] == 1
+    assert report["problems"][0]["field"] == "candidates_st"
+
+
+def test_synth_cli_and_index_search(capsys, tmp_path):
+    out = tmp_path / "cat"
+    assert main(["synth", "--out", str(out), "--items", "96", "--conversations", "40", "--seed", "3", "--json"]) == 0
+    manifest = json.loads(capsys.readouterr().out)
+    assert manifest["items"] == 96 and manifest["seed"] == 3
+    assert main(["synth", "--out", str(out), "--items", "96"]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["index", "--items", str(out), "--retriever", "bm25", "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    assert main(["search", "--index", str(tmp_path / "idx"), "--query", "a coffee mug", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3
+
+
+def test_bad_config_override_is_a_clear_error(capsys, tmp_path):
+    assert main(["synth", "--out", str(tmp_path / "x"), "--set", "synth.colours=3"]) == 2
+    assert "synth.colours: unknown key" in capsys.readouterr().err

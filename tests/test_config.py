@@ -1,0 +1,54 @@
+import pytest
+
+from lavic_ray.config import ConfigError, LavicConfig, SynthConfig, config_to_yaml, load_config, parse_overrides
+
+
+def test_defaults_round_trip_through_yaml(tmp_path):
+    cfg = LavicConfig()
+    p = tmp_path / "c.yaml"
+    p.write_text(config_to_yaml(cfg))
+    assert load_config(p) == cfg
+
+
+def test_yaml_then_dotted_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("synth:\n  items: 100\n  seed: 3\neval:\n  ks: [1, 3]\n")
+    cfg = load_config(p, ["synth.items=200", "eval.methods=[random]", "retrieval.bm25_stem=null"])
+    assert cfg.synth.items == 200 and cfg.synth.seed == 3
+    assert cfg.eval.ks == [1, 3] and cfg.eval.methods == ["random"]
+    assert cfg.retrieval.bm25_stem is None
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("synth.itemz=5", "synth.itemz: unknown key"),
+        ("nosuch.key=1", "nosuch: unknown key"),
+        ("synth.items=3", "synth.items"),
+        ("synth.items=many", "synth.items"),
+        ("synth.split.train=0.9", "must be 1"),
+    ],
+)
+def test_bad_overrides_name_the_path(override, expected):
+    with pytest.raises(ConfigError, match=expected.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("synth:\n  colours: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert str(p) in str(e.value) and "synth.colours" in str(e.value)
+
+
+def test_malformed_override_and_file():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["synth.items"])
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/x.yaml")
+
+
+def test_section_types_are_validated():
+    with pytest.raises(Exception):
+        SynthConfig(gt_in_candidates=1.5)
