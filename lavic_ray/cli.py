@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if not args.verbose:
-        for noisy in ("bm25s", "sentence_transformers", "httpx"):
+        for noisy in ("sentence_transformers", "httpx"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
     from lavic_ray.config import ConfigError
     from lavic_ray.data.records import DataError

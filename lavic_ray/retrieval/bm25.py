@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 
@@ -11,6 +12,14 @@ from lavic_ray.retrieval.base import Retriever
 
 
 _WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+def _bm25s():
+    import bm25s
+
+    # bm25s pins its logger to DEBUG at import; let the application's logging decide
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
+    return bm25s
 
 
 def _stemmer(language: str | None):
@@ -53,9 +62,7 @@ class BM25Retriever(Retriever):
         return out
 
     def _build(self, texts: list[str]) -> None:
-        import bm25s
-
-        self._bm25 = bm25s.BM25(k1=self.k1, b=self.b)
+        self._bm25 = _bm25s().BM25(k1=self.k1, b=self.b)
         corpus = self._tokens(texts)
         # bm25s refuses an empty document; an empty title still needs a row
         corpus = [t if t else ["\u2205"] for t in corpus]
@@ -78,9 +85,7 @@ class BM25Retriever(Retriever):
 
     @classmethod
     def _from_saved(cls, d: Path, meta: dict) -> "BM25Retriever":
-        import bm25s
-
         r = cls(k1=meta["k1"], b=meta["b"], stem=meta["stem"])
-        r._bm25 = bm25s.BM25.load(str(d / "bm25"))
+        r._bm25 = _bm25s().BM25.load(str(d / "bm25"))
         return r
 
