@@ -89,6 +89,75 @@ class EvalConfig(Strict):
     limit: int | None = Field(None, ge=1, description="evaluate only the first N conversations")
 
 
+class ModelConfig(Strict):
+    """Which LLaVA-Next checkpoint, and how LaViC wraps it."""
+
+    checkpoint: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description="hub name or local directory (save_pretrained layout)")
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    feature_layer: int = Field(-2, description="vision hidden-state layer whose [CLS] is taken (LLaVA's -2)")
+    scale_vectors: bool = True
+
+
+class LoraConfig(Strict):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(32, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+
+
+class EngineConfig(Strict):
+    """The training engine: DeepSpeed (CPU/gloo here, NCCL on GPUs) or plain torch."""
+
+    kind: Literal["deepspeed", "torch"] = "deepspeed"
+    zero_stage: int = Field(2, ge=0, le=3)
+    offload_optimizer: bool = False
+    precision: Literal["fp32", "bf16"] = "fp32"
+    gradient_checkpointing: bool = False
+    micro_batch_size: int = Field(4, ge=1)
+    grad_accumulation: int = Field(1, ge=1)
+    grad_clip: float = Field(1.0, ge=0)
+
+
+class StageConfig(Strict):
+    """Shared by stage 1 and stage 2."""
+
+    lora: LoraConfig = LoraConfig()
+    engine: EngineConfig = EngineConfig()
+    lr: float = Field(5e-5, gt=0)
+    weight_decay: float = Field(1e-5, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    epochs: int = Field(5, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    max_length: int = Field(1024, ge=32)
+    seed: int = 0
+    num_workers: int = Field(1, ge=1, description="Ray Train workers (1 process each)")
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1.0, gt=0)
+    log_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: at each evaluation)")
+    eval_every: int = Field(0, ge=0, description="optimizer steps between validations (0: once per epoch)")
+    eval_limit: int | None = Field(None, ge=1, description="validation examples (None: all)")
+
+
+class Stage1Config(StageConfig):
+    """Visual knowledge self-distillation (paper: r 8, alpha 32, dropout 0.1, lr 5e-5, wd 1e-5, 5 epochs, batch 4)."""
+
+    valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of images held out for validation perplexity")
+
+
+class Stage2Config(StageConfig):
+    """Recommendation fine-tuning (LoRA on the language model)."""
+
+    lora: LoraConfig = LoraConfig(r=16, alpha=32, dropout=0.05)
+    lr: float = 2e-4
+    epochs: int = 1
+    formulation: Literal["listwise", "pointwise"] = "listwise"
+    layout: Literal["vectors_first", "id_title_vectors"] = "vectors_first"
+    answer: Literal["id", "letter"] = "id"
+    negatives: int = Field(3, ge=1, description="pointwise: negatives per positive")
+    use_images: bool = True
+    candidates_key: str = "candidates_st"
+
+
 class LavicConfig(Strict):
     """The whole system's configuration."""
 
@@ -97,6 +166,9 @@ class LavicConfig(Strict):
     synth: SynthConfig = SynthConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     eval: EvalConfig = EvalConfig()
+    model: ModelConfig = ModelConfig()
+    stage1: Stage1Config = Stage1Config()
+    stage2: Stage2Config = Stage2Config()
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

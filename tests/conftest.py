@@ -43,3 +43,18 @@ def synth_root(tmp_path_factory, synth_cfg, sbert) -> Path:
     root = tmp_path_factory.mktemp("synth")
     generate(synth_cfg, root, retriever=sbert)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory) -> Path:
+    """The tiny random LLaVA-Next, built and saved once per session."""
+    from lavic_ray.model.checkpoints import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("tiny"), seed=0)
+
+
+@pytest.fixture()
+def tiny(tiny_dir):
+    from lavic_ray.model.checkpoints import load_checkpoint
+
+    return load_checkpoint(str(tiny_dir))

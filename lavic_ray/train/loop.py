@@ -1,0 +1,163 @@
+"""The shared training driver: epochs, sharding, accumulation, validation, checkpoints, resume.
+
+A stage supplies a :class:`Task` (its model, examples, batch forward and
+validation); :func:`train` runs it the same way in one process and in each Ray
+Train worker. It is a plain function: no Ray import, so it runs on a lone GPU box.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lavic_ray.config import StageConfig
+from lavic_ray.train.engine import Engine, world
+from lavic_ray.train.reporting import Reporter
+
+log = logging.getLogger(__name__)
+
+
+class Task:
+    """What a stage must provide to :func:`train`."""
+
+    name = ""
+    #: validation metric to keep the best adapter by, and whether higher is better
+    best_metric = ""
+    higher_is_better = False
+
+    def module(self) -> torch.nn.Module: ...
+
+    def train_examples(self) -> list: ...
+
+    def loss(self, engine: Engine, batch: list) -> tuple[torch.Tensor, int]:
+        """Loss of a micro-batch and the number of tokens it covered."""
+        ...
+
+    def validate(self, module: torch.nn.Module) -> dict: ...
+
+    def save_adapter(self, module: torch.nn.Module, directory: Path) -> None: ...
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    best: float | None = None
+    history: list[dict] = field(default_factory=list)
+
+
+def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int) -> list[list[int]]:
+    """This rank's micro-batches of example indices for ``epoch`` (same count on every rank)."""
+    order = list(range(n))
+    random.Random(f"{cfg.seed}:{epoch}").shuffle(order)
+    mb = cfg.engine.micro_batch_size
+    per_rank = (n // size) // mb * mb
+    if per_rank == 0:
+        raise ValueError(f"{n} training examples cannot fill one micro-batch of {mb} on each of {size} workers")
+    mine = order[rank * per_rank: (rank + 1) * per_rank]
+    return [mine[i: i + mb] for i in range(0, len(mine), mb)]
+
+
+def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path) -> dict:
+    """Run a stage to the end (or ``max_steps``), resuming from the reporter's checkpoint.
+
+    Writes the best adapter to ``out_dir/adapter`` (rank 0) and returns the final metrics.
+    """
+    torch.manual_seed(cfg.seed)
+    rank, size = world()
+    module = task.module()
+    examples = task.train_examples()
+    batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size))
+    steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
+    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    engine = Engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    state = TrainState()
+    with reporter.restored() as ckpt:
+        if ckpt is not None:
+            client = engine.load(ckpt)
+            state = TrainState(**client["train_state"])
+            log.info("%s: resumed from %s at step %d (epoch %d, batch %d)", task.name, ckpt, state.step, state.epoch, state.batch_in_epoch)
+    eval_every = cfg.eval_every or steps_per_epoch
+    ckpt_every = cfg.checkpoint_every or eval_every
+    out_dir = Path(out_dir)
+    t0, tokens_seen, samples_seen, start_step = time.monotonic(), 0, 0, state.step
+    window_loss, window_n = 0.0, 0
+    log.info("%s: %d examples, %d workers, %d steps/epoch, %d steps", task.name, len(examples), size, steps_per_epoch, total_steps)
+    done = state.step >= total_steps
+    while not done:
+        batches = _shard_batches(len(examples), cfg, state.epoch, rank, size)
+        for b in range(state.batch_in_epoch, len(batches)):
+            module.train()
+            loss, n_tokens = task.loss(engine, [examples[i] for i in batches[b]])
+            engine.backward(loss)
+            stepped = engine.step()
+            state.batch_in_epoch = b + 1
+            tokens_seen += n_tokens
+            samples_seen += len(batches[b])
+            window_loss += float(loss.detach())
+            window_n += 1
+            if not stepped:
+                continue
+            state.step += 1
+            metrics = None
+            if state.step % cfg.log_every == 0 or state.step == total_steps:
+                dt = time.monotonic() - t0
+                metrics = {"stage": task.name, "step": state.step, "epoch": state.epoch, "train_loss": window_loss / window_n,
+                           "lr": engine.lr(), "samples_per_s": samples_seen * size / dt, "tokens_per_s": tokens_seen * size / dt,
+                           "elapsed_s": dt, "eta_s": dt / max(1, state.step - start_step) * (total_steps - state.step)}
+                window_loss, window_n = 0.0, 0
+                log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", task.name, state.step, total_steps,
+                         metrics["train_loss"], metrics["lr"], metrics["samples_per_s"], metrics["tokens_per_s"])
+            if state.step % eval_every == 0 or state.step == total_steps:
+                metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}), **_validate(task, module, state, out_dir, rank)}
+            if metrics is not None:
+                state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            want_ckpt = state.step % ckpt_every == 0 or state.step == total_steps
+            if want_ckpt:
+                # every rank writes its own part (DeepSpeed shards); Ray Train merges what workers report
+                d = reporter.new_checkpoint_dir()
+                engine.save(d, {"train_state": state.__dict__})
+                if rank == 0:
+                    task.save_adapter(module, d / "adapter")
+                    (d / "train_state.json").write_text(json.dumps(state.__dict__))
+                reporter.report(metrics or {"stage": task.name, "step": state.step}, d)
+            elif metrics is not None:
+                reporter.report(metrics)
+            if state.step >= total_steps:
+                done = True
+                break
+        else:
+            state.epoch += 1
+            state.batch_in_epoch = 0
+    final = state.history[-1] if state.history else {"step": state.step}
+    if rank == 0:
+        (out_dir).mkdir(parents=True, exist_ok=True)
+        (out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
+        if not (out_dir / "adapter").is_dir():  # no validation improved on nothing: keep the last
+            task.save_adapter(module, out_dir / "adapter")
+    return final
+
+
+def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int) -> dict:
+    module.eval()
+    with torch.no_grad():
+        m = task.validate(module)
+    value = m.get(task.best_metric)
+    if value is not None and math.isfinite(value):
+        better = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
+        if better:
+            state.best = value
+            m["best"] = True
+            if rank == 0:
+                task.save_adapter(module, Path(out_dir) / "adapter")
+                (Path(out_dir) / "adapter_step.json").write_text(json.dumps({"step": state.step, task.best_metric: value}))
+    log.info("%s validation at step %d: %s", task.name, state.step, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})
+    return m

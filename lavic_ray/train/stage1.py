@@ -1,0 +1,113 @@
+"""Stage 1: visual knowledge self-distillation.
+
+LoRA on the vision tower + projector only. Objective: the NLL of the teacher
+description given the title and the image's 5 vectors, through the frozen LLM.
+Validation perplexity (token-weighted) on held-out items each epoch; the adapter
+with the lowest perplexity is kept.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lavic_ray.config import LavicConfig
+from lavic_ray.data.layout import Catalog
+from lavic_ray.model.prompts import PromptBuilder, collate
+from lavic_ray.model.views import pixel_views
+from lavic_ray.train.common import build_lavic, label_tokens, save_adapter
+from lavic_ray.train.loop import Task
+
+
+@dataclass(frozen=True)
+class Stage1Example:
+    item_id: str
+    title: str
+    description: str
+    image: Path | None
+
+
+def stage1_examples(catalog: Catalog) -> list[Stage1Example]:
+    """One example per image that has a teacher description."""
+    return [
+        Stage1Example(it.item_id, it.title, im.description, im.path)
+        for it in catalog for im in it.images if im.description
+    ]
+
+
+def is_heldout(item_id: str, fraction: float) -> bool:
+    """Deterministic item-level split (all images of an item fall on one side)."""
+    h = int(hashlib.sha1(item_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    return h < fraction
+
+
+class Stage1Task(Task):
+    name = "stage1"
+    best_metric = "valid_ppl"
+    higher_is_better = False
+
+    def __init__(self, cfg: LavicConfig, catalog_root: str | Path, cache_images: int = 4096):
+        self.cfg = cfg
+        self.scfg = cfg.stage1
+        self.model, self.ck = build_lavic(cfg, self.scfg, "vision")
+        self.builder = PromptBuilder(self.ck.tokenizer, self.ck.image_token_id, self.scfg.max_length)
+        examples = stage1_examples(Catalog.load(catalog_root))
+        if not examples:
+            raise ValueError(f"no image with a description in {catalog_root}: stage 1 has nothing to distil (run lavic describe)")
+        self.train_set = [e for e in examples if not is_heldout(e.item_id, self.scfg.valid_fraction)]
+        self.valid_set = [e for e in examples if is_heldout(e.item_id, self.scfg.valid_fraction)][: self.scfg.eval_limit]
+        self._views: OrderedDict = OrderedDict()
+        self._cache_max = cache_images
+
+    def module(self):
+        return self.model
+
+    def train_examples(self):
+        return self.train_set
+
+    def _pixels(self, batch: list[Stage1Example]):
+        missing = [e.image for e in batch if e.image not in self._views]
+        if missing:
+            px, sizes, present = pixel_views(self.ck.image_processor, missing)
+            for n, p in enumerate(missing):
+                self._views[p] = (px[n], sizes[n], present[n])
+                if len(self._views) > self._cache_max:
+                    self._views.popitem(last=False)
+        rows = [self._views[e.image] for e in batch]
+        width = max(r[0].shape[0] for r in rows)
+        px = torch.zeros(len(rows), width, *rows[0][0].shape[1:])
+        for n, r in enumerate(rows):
+            px[n, : r[0].shape[0]] = r[0]
+        return px, torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows])
+
+    def _forward(self, fn, batch: list[Stage1Example]):
+        b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.ck.tokenizer.pad_token_id, "right")
+        px, sizes, present = self._pixels(batch)
+        device = next(self.model.parameters()).device
+        b = b.to(device)
+        out = fn(b.input_ids, b.attention_mask, labels=b.labels, pixel_values=px.to(device), image_sizes=sizes.to(device),
+                 present=present.to(device))
+        return out.loss, label_tokens(b.labels)
+
+    def loss(self, engine, batch):
+        return self._forward(engine, batch)
+
+    def validate(self, module):
+        if not self.valid_set:
+            return {}
+        total, count = 0.0, 0
+        mb = self.scfg.engine.micro_batch_size
+        for i in range(0, len(self.valid_set), mb):
+            loss, n = self._forward(self.model, self.valid_set[i: i + mb])
+            total += float(loss) * n
+            count += n
+        nll = total / max(count, 1)
+        return {"valid_loss": nll, "valid_ppl": math.exp(min(nll, 50.0)), "valid_examples": len(self.valid_set)}
+
+    def save_adapter(self, module, directory):
+        save_adapter(module, directory)

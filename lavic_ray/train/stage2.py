@@ -1,0 +1,141 @@
+"""Stage 2: recommendation fine-tuning (LoRA on the language model).
+
+Each candidate's 5 vectors come from the item embedding table; the vision tower
+never runs here. One training sample per ground-truth item; when a list lacks
+that item it is inserted at a random position (a random non-ground-truth
+candidate makes room), on a copy - the source data is never mutated.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from lavic_ray.config import LavicConfig, Stage2Config
+from lavic_ray.data.layout import Catalog, read_conversations
+from lavic_ray.data.records import Conversation
+from lavic_ray.eval.metrics import Judged, aggregate, rank_by_scores
+from lavic_ray.model.prompts import PromptBuilder, collate
+from lavic_ray.model.scoring import score_listwise, score_pointwise
+from lavic_ray.model.table import VectorTable
+from lavic_ray.train.common import build_lavic, label_tokens, save_adapter
+from lavic_ray.train.loop import Task
+
+
+@dataclass(frozen=True)
+class ListwiseSample:
+    conv: Conversation
+    candidates: tuple[str, ...]
+    answer: int
+
+
+@dataclass(frozen=True)
+class PointwiseSample:
+    conv: Conversation
+    item_id: str
+    positive: bool
+
+
+def listwise_samples(convs: list[Conversation], key: str, seed: int) -> list[ListwiseSample]:
+    """One sample per (conversation, ground-truth item), the item inserted if the list lacks it."""
+    out = []
+    for conv in convs:
+        cands = conv.candidate_list(key)
+        for g in conv.gt_items:
+            lst = list(cands)
+            if g not in lst:
+                rng = random.Random(f"{seed}:{conv.conv_id}:{g}")
+                others = [i for i, c in enumerate(lst) if c not in conv.gt_items]
+                if others:
+                    lst.pop(rng.choice(others))
+                lst.insert(rng.randrange(len(lst) + 1), g)
+            out.append(ListwiseSample(conv, tuple(lst), lst.index(g)))
+    return out
+
+
+def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives: int) -> list[PointwiseSample]:
+    """Per (conversation, ground-truth item): the positive and ``negatives`` sampled non-ground-truth candidates."""
+    out = []
+    for conv in convs:
+        pool = [c for c in conv.candidate_list(key) if c not in conv.gt_items]
+        for g in conv.gt_items:
+            rng = random.Random(f"{seed}:{conv.conv_id}:{g}")
+            out.append(PointwiseSample(conv, g, True))
+            out.extend(PointwiseSample(conv, n, False) for n in rng.sample(pool, min(negatives, len(pool))))
+    return out
+
+
+class Stage2Task(Task):
+    name = "stage2"
+    best_metric = "valid_hr@1"
+    higher_is_better = True
+
+    def __init__(self, cfg: LavicConfig, catalog_root: str | Path, table: str | Path | None, domain: str | None = None):
+        self.cfg = cfg
+        self.scfg: Stage2Config = cfg.stage2
+        self.model, self.ck = build_lavic(cfg, self.scfg, "llm")
+        s = self.scfg
+        self.builder = PromptBuilder(self.ck.tokenizer, self.ck.image_token_id, s.max_length, s.layout, s.answer, s.use_images)
+        if s.use_images:
+            if table is None:
+                raise ValueError("stage 2 with images needs the item embedding table (lavic embed); or set stage2.use_images=false")
+            self.table = VectorTable.load(table)
+        else:
+            self.table = None
+        self.catalog = Catalog.load(catalog_root)
+        domain = domain or cfg.dataset.domain
+        root = Path(catalog_root) / domain
+        train = read_conversations(root / "train.jsonl", (s.candidates_key,))
+        self.valid = read_conversations(root / "valid.jsonl", (s.candidates_key,))[: s.eval_limit] if (root / "valid.jsonl").is_file() else []
+        missing = self.catalog.missing(i for c in train + self.valid for i in c.candidate_list(s.candidates_key) + c.gt_items)
+        if missing:
+            raise ValueError(f"{len(missing)} candidate/ground-truth items have no metadata in {catalog_root} (e.g. {missing[:3]})")
+        self.samples = (listwise_samples(train, s.candidates_key, s.seed) if s.formulation == "listwise"
+                        else pointwise_samples(train, s.candidates_key, s.seed, s.negatives))
+
+    def module(self):
+        return self.model
+
+    def train_examples(self):
+        return self.samples
+
+    def lookup(self, ids) -> torch.Tensor:
+        return self.table.lookup(ids)
+
+    def encode(self, sample):
+        turns = sample.conv.turns()
+        if isinstance(sample, ListwiseSample):
+            cands = [(c, self.catalog[c].title) for c in sample.candidates]
+            return self.builder.listwise(turns, cands, sample.answer)
+        return self.builder.pointwise(turns, sample.item_id, self.catalog[sample.item_id].title, sample.positive)
+
+    def loss(self, engine, batch):
+        b = collate([self.encode(s) for s in batch], self.ck.tokenizer.pad_token_id, "right")
+        device = next(self.model.parameters()).device
+        vectors = self.lookup(b.images).to(device) if b.images else None
+        b = b.to(device)
+        out = engine(b.input_ids, b.attention_mask, vectors=vectors, labels=b.labels)
+        return out.loss, label_tokens(b.labels)
+
+    def score(self, module, conv: Conversation) -> list[float]:
+        cands = [(c, self.catalog[c].title) for c in conv.candidate_list(self.scfg.candidates_key)]
+        fn = score_listwise if self.scfg.formulation == "listwise" else score_pointwise
+        return fn(module, self.builder, conv.turns(), cands, self.lookup if self.scfg.use_images else None)
+
+    def validate(self, module):
+        if not self.valid:
+            return {}
+        module = getattr(module, "module", module)
+        judged = []
+        for conv in self.valid:
+            cands = conv.candidate_list(self.scfg.candidates_key)
+            judged.append(Judged.make(conv.conv_id, conv.gt_items, cands, rank_by_scores(cands, self.score(module, conv), conv.gt_items)))
+        m = aggregate(judged, ks=(1, 10))
+        return {"valid_hr@1": m["hr@1"], "valid_ndcg@10": m["ndcg@10"], "valid_oracle_hr@10": m["oracle_hr@10"],
+                "valid_conversations": m["conversations"]}
+
+    def save_adapter(self, module, directory):
+        save_adapter(module, directory)

@@ -1,0 +1,173 @@
+"""The LaViC wrapper: views -> 5 vectors, the splice, masking, scoring."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lavic_ray.data.records import parse_turns
+from lavic_ray.model.lavic import NUM_VECTORS, LaViC
+from lavic_ray.model.prompts import IGNORE, PromptBuilder, collate
+from lavic_ray.model.scoring import parse_answer, score_listwise, score_pointwise
+
+
+@pytest.fixture()
+def model(tiny):
+    return LaViC(tiny.model, tiny.image_token_id).eval()
+
+
+def views(tiny, sizes):
+    rng = np.random.default_rng(0)
+    ims = [Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)) for w, h in sizes]
+    out = tiny.image_processor(ims, return_tensors="pt")
+    return out["pixel_values"], out["image_sizes"]
+
+
+def test_views_3_4_5_and_missing_images_give_five_defined_vectors(tiny, model):
+    # tiny tower: input 32; (w, h): 64x64 -> 2x2 grid (5 views), 32x96 -> 1x3 (4), 32x32 -> 1x2 (3)
+    px, sizes = views(tiny, [(64, 64), (32, 96), (32, 32), (64, 64)])
+    n = model.num_real_views(sizes)
+    assert n.tolist() == [5, 4, 3, 5]
+    present = torch.tensor([True, True, True, False])
+    with torch.no_grad():
+        v = model.image_vectors(px, sizes, present)
+    assert v.shape == (4, NUM_VECTORS, model.hidden_size)
+    assert torch.isfinite(v).all()
+    # fill rule: slots past the real views repeat the base view
+    assert torch.equal(v[1, 4], v[1, 0]) and not torch.equal(v[1, 3], v[1, 0])
+    assert torch.equal(v[2, 3], v[2, 0]) and torch.equal(v[2, 4], v[2, 0])
+    # a missing image: five zeros
+    assert torch.count_nonzero(v[3]) == 0
+    # real vectors are rescaled to the text-embedding norm
+    torch.testing.assert_close(v[0].norm(dim=-1), model.text_norm.expand(5), rtol=1e-4, atol=1e-5)
+
+
+def test_vectors_are_the_projected_cls_of_each_view(tiny, model):
+    px, sizes = views(tiny, [(64, 64)])
+    base = tiny.model
+    with torch.no_grad():
+        hidden = base.model.vision_tower(px[0], output_hidden_states=True).hidden_states[-2]
+        ref = base.model.multi_modal_projector(hidden[:, 0])
+        v = model.image_vectors(px, sizes)
+    torch.testing.assert_close(v[0], model.scale(ref), rtol=1e-4, atol=1e-5)
+
+
+def test_splice_places_each_vector_where_it_belongs(tiny, model):
+    img = tiny.image_token_id
+    ids = torch.tensor([
+        [5, img, img, img, img, img, 7, img, img, img, img, img, 9],
+        [3, 3, 3, 3, 3, 3, 3, img, img, img, img, img, 8],
+    ])
+    vectors = torch.randn(3, NUM_VECTORS, model.hidden_size)
+    out = model.embed(ids, vectors)
+    table = tiny.model.get_input_embeddings().weight
+    # hand-built reference: walk the placeholders in order
+    expected = table[ids.masked_fill(ids == img, 0)].clone()
+    k = 0
+    flat = vectors.reshape(-1, model.hidden_size)
+    for r in range(ids.shape[0]):
+        for c in range(ids.shape[1]):
+            if ids[r, c] == img:
+                expected[r, c] = flat[k]
+                k += 1
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="placeholder"):
+        model.embed(ids, vectors[:2])
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_label_masking_per_row_any_padding_side(tiny, side):
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
+    turns = parse_turns("<submission>need a mug</submission>")
+    cands = [("B000000001", "Mug A"), ("0306406152", "Mug B")]
+    e1 = b.listwise(turns, cands, 1)
+    e2 = b.stage1("A long title for a mug", "A red mug with a white star emblem.", "B000000001")
+    batch = collate([e1, e2], tiny.tokenizer.pad_token_id, side)
+    eos = tiny.tokenizer.eos_token_id
+    for row, enc in enumerate([e1, e2]):
+        labels = batch.labels[row]
+        keep = labels != IGNORE
+        target = [t for t in enc.labels if t != IGNORE]
+        assert labels[keep].tolist() == target and target[-1] == eos
+        # the labelled tokens are exactly the row's target tokens, at the row's own positions
+        assert batch.input_ids[row][keep].tolist() == target
+        assert int(batch.attention_mask[row].sum()) == len(enc.input_ids)
+    assert b.tok.decode([t for t in e1.labels if t != IGNORE][:-1]).strip() == "0306406152"
+    assert batch.images == ["B000000001", "0306406152", "B000000001"]
+
+
+def test_truncation_cuts_only_the_conversation_start(tiny):
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=300)
+    long = "<submission>" + "blah " * 400 + "END</submission>"
+    cands = [(f"B00000000{i}", f"Title {i}") for i in range(10)]
+    e = b.listwise(parse_turns(long), cands, 3)
+    assert len(e.input_ids) <= 300 and e.n_conversation_tokens_cut > 0
+    assert e.input_ids.count(tiny.image_token_id) == 10 * NUM_VECTORS
+    text = b.tok.decode(e.input_ids)
+    assert "END" in text and "Answer:" in text and all(f"Title {i}" in text for i in range(10))
+    with pytest.raises(ValueError, match="max_length"):
+        PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=40).listwise(parse_turns(long), cands, 3)
+
+
+def test_title_only_prompts_have_no_placeholders(tiny):
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, use_images=False)
+    e = b.listwise(parse_turns("<submission>x</submission>"), [("B000000001", "Mug")], 0)
+    assert tiny.image_token_id not in e.input_ids and e.images == []
+
+
+def _planted_model(tiny, answer_text):
+    """Raise the output logits of one answer's tokens, so that answer must rank first."""
+    ids = tiny.tokenizer(answer_text, add_special_tokens=False)["input_ids"]
+    bias = torch.zeros(tiny.model.config.text_config.vocab_size)
+    bias[ids] = 30.0
+    tiny.model.lm_head.register_forward_hook(lambda module, inputs, out: out + bias)
+    return LaViC(tiny.model, tiny.image_token_id).eval()
+
+
+def test_listwise_scoring_ranks_a_planted_answer_first(tiny):
+    # the planted answer shares no token with the others, so only it gains
+    model = _planted_model(tiny, " 7777777777")
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
+    cands = [("B0AAAAAAAA", "A"), ("7777777777", "B"), ("B0CCCCCCCC", "C")]
+    vec = torch.randn(3, NUM_VECTORS, model.hidden_size)
+    scores = score_listwise(model, b, parse_turns("<submission>x</submission>"), cands, lambda ids: vec[: len(ids)])
+    assert max(range(3), key=lambda i: scores[i]) == 1
+
+
+def test_prefix_cached_scores_equal_full_recomputation(tiny, model):
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
+    turns = parse_turns("<submission>a teal mug with stripes</submission><comment>ok</comment>")
+    cands = [("B000000001", "Mug A"), ("0306406152", "Mug B"), ("B000000003", "Mug C")]
+    vec = torch.randn(3, NUM_VECTORS, model.hidden_size)
+    order = [c[0] for c in cands]
+
+    def lookup(ids):
+        return torch.stack([vec[order.index(i)] for i in ids])
+
+    cached = score_listwise(model, b, turns, cands, lookup)
+    with torch.no_grad():
+        for i, c in enumerate(cands):
+            enc = b.listwise(turns, cands, i)
+            ids = torch.tensor([enc.input_ids])
+            logits = model(ids, torch.ones_like(ids), lookup(enc.images)).logits[0].log_softmax(-1)
+            answer = b.answer_ids(cands)[i]
+            start = len(enc.input_ids) - len(answer) - 1  # before EOS
+            full = sum(float(logits[start - 1 + j, t]) for j, t in enumerate(answer))
+            assert cached[i] == pytest.approx(full, abs=1e-3)
+    point = score_pointwise(model, b, turns, cands, lookup)
+    with torch.no_grad():
+        yes, no = b.yes_no_ids()
+        for i, c in enumerate(cands):
+            enc = b.pointwise(turns, c[0], c[1], None)
+            ids = torch.tensor([enc.input_ids])
+            lp = model(ids, torch.ones_like(ids), lookup(enc.images)).logits[0, -1].log_softmax(-1)
+            assert point[i] == pytest.approx(float(lp[yes] - lp[no]), abs=1e-3)
+
+
+def test_parse_answer_accepts_isbn_ids():
+    cands = ["B000000001", "030640615X", "B000000003"]
+    assert parse_answer("The answer is 030640615X.", cands) == ["030640615X"]
+    assert parse_answer("b000000003 then B000000001", cands) == ["B000000003", "B000000001"]
+    assert parse_answer("B0ZZZZZZZZ", cands, catalog_ids={"B0ZZZZZZZZ"}) == ["B0ZZZZZZZZ"]
+    assert parse_answer("nothing here", cands) == []
+    assert parse_answer(" B", cands, letters=True) == ["030640615X"]

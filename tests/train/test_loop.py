@@ -1,0 +1,76 @@
+"""Training loops without Ray: resume round trip, checkpoint safety, stage-2 samples."""
+
+import json
+
+import pytest
+
+from lavic_ray.config import load_config
+from lavic_ray.data.records import Conversation
+from lavic_ray.train.reporting import LATEST, LocalReporter
+from lavic_ray.train.run import run_local
+from lavic_ray.train.stage2 import listwise_samples, pointwise_samples
+
+
+def tiny_cfg(tiny_dir, *extra):
+    return load_config(None, [f"model.checkpoint={tiny_dir}", "stage1.engine.kind=torch", "stage1.log_every=1",
+                              "stage1.eval_limit=4", "stage1.max_length=128", "stage1.engine.micro_batch_size=2",
+                              "stage1.checkpoint_every=1", *extra])
+
+
+def test_stage1_resumes_from_its_last_checkpoint(tmp_path, tiny_dir, synth_root):
+    out = tmp_path / "s1"
+    first = run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=2"), synth_root, out)
+    assert first["step"] == 2
+    assert (out / "adapter" / "adapter_config.json").is_file()  # PEFT format
+    assert (out / "run" / "checkpoints" / LATEST).read_text().strip() == "step_00000002"
+    second = run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=4"), synth_root, out)
+    assert second["step"] == 4
+    steps = [json.loads(x)["step"] for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[:2] == [1, 2] and steps[-2:] == [3, 4]  # the count continues, nothing repeated
+    history = json.loads((out / "history.json").read_text())
+    assert [h["step"] for h in history if "train_loss" in h] == [1, 2, 3, 4]
+    assert "valid_ppl" in history[-1]
+
+
+def test_an_interrupted_checkpoint_never_replaces_the_last_good_one(tmp_path):
+    rep = LocalReporter(tmp_path)
+    d = rep.new_checkpoint_dir()
+    (d / "x").write_text("complete")
+    rep.report({"step": 5}, d)
+    good = rep.latest()
+    assert good.name == "step_00000005"
+    half = rep.new_checkpoint_dir()  # a write that dies before report() is called
+    (half / "x").write_text("partial")
+    assert rep.latest() == good and (good / "x").read_text() == "complete"
+    for step in (6, 7, 8):
+        d = rep.new_checkpoint_dir()
+        rep.report({"step": step}, d)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir() if p.name.startswith("step_"))
+    assert kept == ["step_00000007", "step_00000008"] and rep.latest().name == "step_00000008"
+
+
+def test_listwise_samples_insert_the_ground_truth_without_mutating():
+    cands = tuple(f"C{i:09d}" for i in range(10))
+    conv = Conversation("f:1", "<submission>x</submission>", ("G000000001", "C000000003"), {"candidates_st": cands})
+    samples = listwise_samples([conv], "candidates_st", seed=0)
+    assert len(samples) == 2  # one per ground-truth item
+    inserted, present = samples
+    assert len(inserted.candidates) == 10 and inserted.candidates[inserted.answer] == "G000000001"
+    assert "C000000003" in inserted.candidates  # another ground truth is never the one dropped
+    assert present.candidates == cands and present.candidates[present.answer] == "C000000003"
+    assert conv.candidates["candidates_st"] == cands
+    assert listwise_samples([conv], "candidates_st", seed=0) == samples  # deterministic
+
+
+def test_pointwise_samples():
+    cands = tuple(f"C{i:09d}" for i in range(10))
+    conv = Conversation("f:1", "<submission>x</submission>", ("C000000002",), {"candidates_st": cands})
+    s = pointwise_samples([conv], "candidates_st", seed=0, negatives=3)
+    assert [x.positive for x in s] == [True, False, False, False]
+    assert s[0].item_id == "C000000002" and all(x.item_id != "C000000002" for x in s[1:])
+
+
+def test_stage2_needs_the_table_for_images(tmp_path, tiny_dir, synth_root):
+    cfg = load_config(None, [f"model.checkpoint={tiny_dir}"])
+    with pytest.raises(ValueError, match="embedding table"):
+        run_local("stage2", cfg, synth_root, tmp_path / "s2", table=None)
