@@ -103,9 +103,9 @@ def cmd_search(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from lavic_ray.quickstart import run_quickstart
+    from lavic_ray.quickstart import quickstart_config, run_quickstart
 
-    cfg = _load(args)
+    cfg = quickstart_config(args.config, args.overrides)
     results = run_quickstart(cfg, workdir=args.workdir, echo=not args.json)
     if args.json:
         print(json.dumps(results))

@@ -79,8 +79,18 @@ class RetrievalConfig(Strict):
     top_k: int = Field(10, ge=1)
 
 
+class LavicRun(Strict):
+    """A trained stage 2 to evaluate: its output directory (adapter + config.yaml) and embedding table."""
+
+    stage2_dir: str
+    table: str | None = None
+
+
 class EvalConfig(Strict):
     """Evaluation runs (``lavic evaluate``)."""
+
+    #: LaViC methods (``lavic``, ``lavic-title-only``, ``lavic-no-distill``, ``lavic-generate``) -> their trained run
+    runs: dict[str, LavicRun] = {}
 
     methods: list[str] = ["first-candidate", "random", "sbert", "bm25"]
     candidates_key: str = "candidates_st"
@@ -215,23 +225,26 @@ def _format_validation(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None, cls: type[Strict] = LavicConfig):
-    """Load a configuration from YAML (optional) and dotted overrides.
+def load_config(path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None,
+                cls: type[Strict] = LavicConfig):
+    """Load a configuration from YAML file(s) and dotted overrides.
 
     Args:
-        path: A YAML file; None starts from the defaults.
-        overrides: ``section.key=value`` strings, applied after the file.
+        path: A YAML file, or several merged in order (a preset, then the user's file);
+            None starts from the defaults.
+        overrides: ``section.key=value`` strings, applied last.
         cls: The config class (the whole-system :class:`LavicConfig` by default).
 
     Raises:
         ConfigError: Unreadable file, bad override, unknown key or bad value; the
             message names the file and the dotted path.
     """
-    # defaults <- file <- overrides, merged key by key, so a partial section keeps its other defaults
+    # defaults <- files <- overrides, merged key by key, so a partial section keeps its other defaults
     data: dict = cls().model_dump()
-    source = "defaults"
-    if path is not None:
-        p = Path(path)
+    sources = []
+    paths = [] if path is None else (list(path) if isinstance(path, (list, tuple)) else [path])
+    for item in paths:
+        p = Path(item)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
@@ -241,14 +254,14 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
         data = _merge(data, loaded)
-        source = str(p)
+        sources.append(str(p))
     if overrides:
         data = _merge(data, parse_overrides(overrides))
-        source += " + overrides"
+        sources.append("overrides")
     try:
         return cls.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, source)) from None
+        raise ConfigError(_format_validation(e, " + ".join(sources) or "defaults")) from None
 
 
 def config_to_yaml(cfg: BaseModel) -> str:

