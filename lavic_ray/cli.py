@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 log = logging.getLogger("lavic")
 
@@ -63,6 +64,11 @@ def cmd_evaluate(args) -> int:
     if args.limit is not None:
         extra.append(f"eval.limit={args.limit}")
     cfg = _load(args, extra)
+    if args.stage2:
+        from lavic_ray.config import LavicRun
+
+        runs = {**cfg.eval.runs, args.method: LavicRun(stage2_dir=args.stage2, table=args.table)}
+        cfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"runs": runs})})
     convs = read_conversations(args.conversations, candidate_keys=(args.candidates_key,))
     ctx = EvalContext(cfg, _read_catalog(args.items))
     metrics = evaluate(convs, args.method, args.candidates_key, ctx, out_dir=args.out)
@@ -99,6 +105,46 @@ def cmd_search(args) -> int:
     else:
         for rank, (i, s) in enumerate(hits, start=1):
             print(f"{rank:3d}  {i}  {s:.4f}")
+    return 0
+
+
+def cmd_small_model(args) -> int:
+    from lavic_ray.model.small import build_small_model
+
+    out = build_small_model(args.catalog, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                            seed=args.seed, max_images=args.max_images)
+    print(f"small model saved to {out}")
+    return 0
+
+
+def _run_stage(args, stage: str) -> int:
+    from lavic_ray.train.run import run_local, run_ray
+
+    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    table = getattr(args, "table", None)
+    if args.no_ray:
+        final = run_local(stage, cfg, args.catalog, args.out, table)
+    else:
+        final = run_ray(stage, cfg, args.catalog, args.out, table, max_failures=args.max_failures).metrics
+    print(json.dumps(final) if args.json else f"{stage} done: {final}; adapter in {Path(args.out) / 'adapter'}")
+    return 0
+
+
+def cmd_distill(args) -> int:
+    return _run_stage(args, "stage1")
+
+
+def cmd_recommend(args) -> int:
+    return _run_stage(args, "stage2")
+
+
+def cmd_embed(args) -> int:
+    from lavic_ray.pipeline.embed import run_embed
+
+    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    out = run_embed(cfg, args.catalog, args.out, adapter=args.adapter, use_ray=not args.no_ray,
+                    batch_size=args.batch_size, actors=args.actors)
+    print(f"item embedding table written to {out}")
     return 0
 
 
@@ -139,12 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="rank each conversation's candidates with a method and report metrics")
     p.add_argument("--conversations", required=True, help="a {train,valid,test}.jsonl file")
-    p.add_argument("--method", required=True, help="first-candidate, random, sbert, bm25")
+    p.add_argument("--method", required=True,
+                   help="first-candidate, random, sbert, bm25, lavic, lavic-title-only, lavic-no-distill, lavic-generate")
     p.add_argument("--candidates-key", default="candidates_st", help="candidate list field (default candidates_st)")
     p.add_argument("--items", help="dataset root or item metadata file (needed by methods that read titles)")
     p.add_argument("--seed", type=int, help="seed of the random method")
     p.add_argument("--limit", type=int, help="evaluate only the first N conversations")
     p.add_argument("--out", help="write metrics.json, predictions.jsonl and config.yaml here")
+    p.add_argument("--stage2", help="LaViC methods: the stage-2 directory to evaluate")
+    p.add_argument("--table", help="LaViC methods: the item embedding table")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _config_args(p)
     p.set_defaults(fn=cmd_evaluate)
@@ -162,6 +211,41 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_search)
+
+    p = sub.add_parser("small-model", help="build the small LLaVA-Next (SmolLM2 + a vision side trained on the catalog)")
+    p.add_argument("--catalog", required=True, help="dataset root whose images and descriptions train the vision side")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-images", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_small_model)
+
+    for name, fn, help_ in (("distill", cmd_distill, "stage 1: visual knowledge self-distillation (LoRA on vision tower + projector)"),
+                            ("recommend", cmd_recommend, "stage 2: recommendation fine-tuning (LoRA on the LLM)")):
+        p = sub.add_parser(name, help=help_)
+        p.add_argument("--catalog", required=True, help="dataset root")
+        p.add_argument("--out", required=True, help="stage directory (adapter/, history.json, Ray Train checkpoints)")
+        p.add_argument("--checkpoint", help="LLaVA-Next checkpoint (overrides model.checkpoint)")
+        if name == "recommend":
+            p.add_argument("--table", help="item embedding table from lavic embed (not needed with stage2.use_images=false)")
+        p.add_argument("--no-ray", action="store_true", help="run in this process (one GPU, or no Ray)")
+        p.add_argument("--max-failures", type=int, default=0, help="Ray Train worker failures to retry from the last checkpoint")
+        p.add_argument("--json", action="store_true")
+        _config_args(p)
+        p.set_defaults(fn=fn)
+
+    p = sub.add_parser("embed", help="the item embedding table: every item's 5 vectors, computed once (Ray Data)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--out", required=True, help="the .parquet file to write")
+    p.add_argument("--adapter", help="stage-1 adapter (omit: the undistilled vision side)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--actors", type=int, default=1)
+    p.add_argument("--no-ray", action="store_true")
+    _config_args(p)
+    p.set_defaults(fn=cmd_embed)
 
     p = sub.add_parser("quickstart", help="the main job on the embedded default: synthetic catalog -> ... -> report")
     p.add_argument("--workdir", default="lavic_runs/quickstart", help="where every artifact goes")

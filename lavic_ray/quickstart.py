@@ -131,10 +131,16 @@ def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> 
     truth = json.loads((root / TRUTH_FILE).read_text())["items"]
     probe_items = sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
     stage1_dir = art.root / "stage1"
-    probe = {"before": timed("probe before stage 1", probe_descriptions, cfg.model.checkpoint, root, probe_items)}
+    probe_file = art.root / "probe.json"
+    probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
+    if "before" not in probe:
+        probe["before"] = timed("probe before stage 1", probe_descriptions, cfg.model.checkpoint, root, probe_items)
     if not _done(stage1_dir):
         timed("stage 1", run_ray, "stage1", cfg, root, stage1_dir)
-    probe["after"] = timed("probe after stage 1", probe_descriptions, cfg.model.checkpoint, root, probe_items, stage1_dir / "adapter")
+        probe.pop("after", None)
+    if "after" not in probe:
+        probe["after"] = timed("probe after stage 1", probe_descriptions, cfg.model.checkpoint, root, probe_items, stage1_dir / "adapter")
+    atomic_write_text(probe_file, json.dumps(probe, indent=1))
 
     tables = {"distilled": art.root / "items" / "distilled.parquet", "base": art.root / "items" / "undistilled.parquet"}
     if not tables["distilled"].is_file():

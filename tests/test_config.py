@@ -52,3 +52,20 @@ def test_malformed_override_and_file():
 def test_section_types_are_validated():
     with pytest.raises(Exception):
         SynthConfig(gt_in_candidates=1.5)
+
+
+def test_files_merge_in_order_then_overrides(tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("stage2:\n  lr: 0.1\n  epochs: 3\n")
+    b.write_text("stage2:\n  lr: 0.2\n")
+    cfg = load_config([a, b], ["stage2.epochs=4"])
+    assert (cfg.stage2.lr, cfg.stage2.epochs) == (0.2, 4)
+    assert cfg.stage2.lora.r == 16  # untouched defaults survive partial sections
+
+
+def test_quickstart_preset_is_valid():
+    from lavic_ray.quickstart import quickstart_config
+
+    cfg = quickstart_config(None, ["stage2.formulation=listwise"])
+    assert cfg.model.checkpoint == "small" and cfg.stage2.formulation == "listwise"
+    assert cfg.stage1.engine.kind == "deepspeed"

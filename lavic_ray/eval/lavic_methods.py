@@ -83,16 +83,20 @@ for _name in ("lavic", "lavic-title-only", "lavic-no-distill"):
 class LaViCGenerate(_LaViCBase, Method):
     """Greedy generation after the listwise prompt; any catalog ID in the text counts (ISBNs too)."""
 
+    batch_size = 8
+
     def rank(self, convs, key):
-        from lavic_ray.model.scoring import generate_answer, parse_answer
+        from lavic_ray.model.scoring import generate_batch, parse_answer
 
         run = self._run()
         if run.cfg.stage2.formulation != "listwise":
             raise ValueError("lavic-generate needs a listwise stage 2 (a pointwise model answers yes/no)")
         ids = set(self.ctx.catalog.ids())
         out = []
-        for conv in convs:
-            cands = self._candidates(conv, key)
-            text = generate_answer(run.model, run.builder, conv.turns(), cands, run.lookup)
-            out.append(parse_answer(text, [c for c, _ in cands], ids, letters=run.builder.answer == "letter"))
+        for start in range(0, len(convs), self.batch_size):
+            chunk = convs[start: start + self.batch_size]
+            cands = [self._candidates(conv, key) for conv in chunk]
+            texts = generate_batch(run.model, run.builder, [run.builder.listwise(c.turns(), cs, None) for c, cs in zip(chunk, cands)],
+                                   run.lookup)
+            out.extend(parse_answer(t, [c for c, _ in cs], ids, letters=run.builder.answer == "letter") for t, cs in zip(texts, cands))
         return out

@@ -34,7 +34,7 @@ def first_mentioned(text: str, vocab: dict[str, tuple[str, ...]]) -> str | None:
 
 @torch.no_grad()
 def probe_descriptions(checkpoint: str, catalog_root: str | Path, item_ids: list[str], adapter: str | Path | None = None,
-                       max_new_tokens: int = 48, dtype: str = "float32") -> dict:
+                       max_new_tokens: int = 32, dtype: str = "float32", batch_size: int = 8) -> dict:
     """Generate descriptions from 5 vectors and score their colour and pattern words.
 
     Returns:
@@ -53,22 +53,23 @@ def probe_descriptions(checkpoint: str, catalog_root: str | Path, item_ids: list
     vlm = load_lora(ck.model, adapter) if adapter else ck.model
     model = LaViC(vlm, ck.image_token_id).eval()
     builder = PromptBuilder(ck.tokenizer, ck.image_token_id)
+    from lavic_ray.model.scoring import generate_batch
+
     colours = {c: (c,) for c in COLOURS}
     hits_c = hits_p = 0
     examples = []
-    for item_id in item_ids:
-        item = catalog[item_id]
-        enc = builder.stage1(item.title, None, item_id)
-        px, sizes, present = pixel_views(ck.image_processor, [item.primary_image.path if item.primary_image else None])
-        vec = model.image_vectors(px, sizes, present)
-        ids = torch.tensor([enc.input_ids])
-        out = model.vlm.generate(inputs_embeds=model.embed(ids, vec), attention_mask=torch.ones_like(ids),
-                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=ck.tokenizer.pad_token_id)
-        text = ck.tokenizer.decode(out[0], skip_special_tokens=True)
-        t = truth[item_id]
-        hits_c += first_mentioned(text, colours) == t["colour"]
-        hits_p += first_mentioned(text, PATTERN_WORDS) == t["pattern"]
-        if len(examples) < 3:
-            examples.append({"item_id": item_id, "truth": f"{t['colour']} {t['pattern']}", "generated": text.strip()})
+    for start in range(0, len(item_ids), batch_size):
+        chunk = item_ids[start: start + batch_size]
+        items = [catalog[i] for i in chunk]
+        px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path if it.primary_image else None for it in items])
+        vectors = model.image_vectors(px, sizes, present)
+        texts = generate_batch(model, builder, [builder.stage1(it.title, None, it.item_id) for it in items],
+                               lambda keys: vectors, max_new_tokens)
+        for item_id, text in zip(chunk, texts):
+            t = truth[item_id]
+            hits_c += first_mentioned(text, colours) == t["colour"]
+            hits_p += first_mentioned(text, PATTERN_WORDS) == t["pattern"]
+            if len(examples) < 3:
+                examples.append({"item_id": item_id, "truth": f"{t['colour']} {t['pattern']}", "generated": text.strip()})
     n = max(len(item_ids), 1)
     return {"items": len(item_ids), "colour_accuracy": hits_c / n, "pattern_accuracy": hits_p / n, "examples": examples}

