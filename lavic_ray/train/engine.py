@@ -155,7 +155,9 @@ class Engine:
         """Every rank calls this (DeepSpeed gathers its partitioned state)."""
         directory = Path(directory)
         if self.kind == "deepspeed":
-            self.wrapped.save_checkpoint(str(directory / "engine"), tag="state", client_state=client_state)
+            # frozen base weights are the checkpoint's own, not training state: at 7B they would be 14 GB a save
+            self.wrapped.save_checkpoint(str(directory / "engine"), tag="state", client_state=client_state,
+                                         exclude_frozen_parameters=True)
             return
         rank, _ = world()
         if rank == 0:
@@ -169,7 +171,7 @@ class Engine:
     def load(self, directory: Path) -> dict:
         directory = Path(directory)
         if self.kind == "deepspeed":
-            path, client_state = self.wrapped.load_checkpoint(str(directory / "engine"), tag="state")
+            path, client_state = self.wrapped.load_checkpoint(str(directory / "engine"), tag="state", load_module_strict=False)
             if path is None:
                 raise FileNotFoundError(f"no DeepSpeed state in {directory / 'engine'}")
             return client_state or {}
