@@ -20,20 +20,15 @@ import torch.nn.functional as F
 
 from lavic_ray.data.records import Turn
 from lavic_ray.model.lavic import LaViC
-from lavic_ray.model.prompts import LETTERS, PromptBuilder
+from lavic_ray.model.prompts import IGNORE, LETTERS, Encoded, PromptBuilder, collate
 
 VectorLookup = Callable[[Sequence[str]], torch.Tensor]
 
 
 def _pad_right(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(1, max(len(s) for s in seqs))
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, : len(s)] = torch.tensor(s)
-            mask[i, : len(s)] = 1
-    return ids, mask
+    """Right-padded ids and attention mask (continuations carry no labels)."""
+    batch = collate([Encoded(s, [IGNORE] * len(s)) for s in seqs], pad, "right")
+    return batch.input_ids, batch.attention_mask
 
 
 def _continue(model: LaViC, past, prefix_len: int, ids: torch.Tensor, mask: torch.Tensor, vectors):
@@ -114,8 +109,6 @@ def parse_answer(text: str, candidates: Sequence[str], catalog_ids: set[str] | N
 def generate_batch(model: LaViC, builder: PromptBuilder, encoded: list, lookup: VectorLookup | None,
                    max_new_tokens: int = 16) -> list[str]:
     """Greedy generation for a batch of prompts, left-padded so every row ends at the last column."""
-    from lavic_ray.model.prompts import collate
-
     device = next(model.parameters()).device
     tok = builder.tok
     batch = collate(encoded, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, "left").to(device)
