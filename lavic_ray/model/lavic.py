@@ -68,12 +68,9 @@ class LaViC(nn.Module):
 
     def num_real_views(self, image_sizes: torch.Tensor) -> torch.Tensor:
         """Real LLaVA-Next views per image (1 + grid crops), from ``(N, 2)`` (height, width) sizes."""
-        from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+        from lavic_ray.model.views import num_real_views
 
-        cfg = self.base.config
-        n = [image_size_to_num_patches(tuple(int(x) for x in s), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
-             for s in image_sizes.tolist()]
-        return torch.tensor(n, dtype=torch.long, device=image_sizes.device).clamp(1, NUM_VECTORS)
+        return num_real_views(self.base.config, image_sizes, NUM_VECTORS)
 
     def scale(self, vectors: torch.Tensor) -> torch.Tensor:
         if not self.scale_vectors:

@@ -21,7 +21,7 @@ import torch
 
 from lavic_ray.data.layout import Catalog
 from lavic_ray.model.checkpoints import Checkpoint, build_small_base, save_checkpoint
-from lavic_ray.model.views import pixel_views
+from lavic_ray.model.views import ViewCache, num_real_views, pixel_views
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,8 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     texts = torch.tensor(load_sentence_model().encode([d for d, _ in data], normalize_embeddings=True, batch_size=128,
                                                       show_progress_bar=False))
     px, sizes, present = pixel_views(ck.image_processor, [p for _, p in data])
-    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
-
     cfg = ck.model.config
-    n_views = torch.tensor([image_size_to_num_patches(tuple(s.tolist()), cfg.image_grid_pinpoints, cfg.vision_config.image_size)
-                            for s in sizes]).clamp(max=px.shape[1])
+    n_views = num_real_views(cfg, sizes, cap=px.shape[1])
     tower = ck.model.model.vision_tower
     head = torch.nn.Linear(cfg.vision_config.hidden_size, texts.shape[1])
     log_temp = torch.nn.Parameter(torch.tensor(2.659))  # 1/0.07
@@ -137,7 +134,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     opt = torch.optim.AdamW(vision, lr=lr, weight_decay=0.0)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
-    views = {}
+    views = ViewCache(ck.image_processor)
     rng = random.Random(seed)
     history = []
     model.train()
@@ -148,13 +145,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
         total = 0.0
         for b in range(0, len(order), batch_size):
             batch = [data[i] for i in order[b: b + batch_size]]
-            todo = [p for _, _, p in batch if p not in views]
-            if todo:
-                px, sizes, _ = pixel_views(ck.image_processor, todo)
-                for n, p in enumerate(todo):
-                    views[p] = (px[n], sizes[n])
-            px = torch.stack([views[p][0] for _, _, p in batch])
-            sizes = torch.stack([views[p][1] for _, _, p in batch])
+            px, sizes, _ = views.get([p for _, _, p in batch])
             E, M, L = _full_token_batch(ck, [(t, d) for t, d, _ in batch], px, sizes)
             loss = model(inputs_embeds=E, attention_mask=M, labels=L).loss
             loss.backward()
@@ -166,7 +157,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
             step += 1
             if step % 10 == 0 or step == steps:
                 el = time.monotonic() - t0
-                log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss), el, el / step * (steps - step))
+                log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss.detach()), el, el / step * (steps - step))
         history.append(total / len(data))
         log.info("small-model vision side: epoch %d mean loss %.4f", epoch + 1, history[-1])
     model.eval()

@@ -40,3 +40,42 @@ def pixel_views(image_processor, paths: Sequence[str | Path | None]) -> tuple[to
         present.append(False)
     out = image_processor(images, return_tensors="pt")
     return out["pixel_values"], out["image_sizes"], torch.tensor(present)
+
+
+def num_real_views(config, image_sizes: torch.Tensor, cap: int = 5) -> torch.Tensor:
+    """Real LLaVA-Next views per image (1 + grid crops), from ``(N, 2)`` (height, width) sizes."""
+    from transformers.models.llava_next.modeling_llava_next import image_size_to_num_patches
+
+    n = [image_size_to_num_patches(tuple(int(x) for x in s), config.image_grid_pinpoints, config.vision_config.image_size)
+         for s in image_sizes.tolist()]
+    return torch.tensor(n, dtype=torch.long, device=image_sizes.device).clamp(1, cap)
+
+
+class ViewCache:
+    """Pixel views by image path, decoded once and kept (oldest dropped past ``max_items``).
+
+    :meth:`get` pads a batch to its largest view count, so images tiled in
+    different calls (3, 4 or 5 views) stack together.
+    """
+
+    def __init__(self, image_processor, max_items: int = 4096):
+        from collections import OrderedDict
+
+        self.image_processor = image_processor
+        self.max_items = max_items
+        self._views: OrderedDict = OrderedDict()
+
+    def get(self, paths: Sequence[str | Path | None]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        missing = list(dict.fromkeys(p for p in paths if p not in self._views))
+        if missing:
+            px, sizes, present = pixel_views(self.image_processor, missing)
+            for n, p in enumerate(missing):
+                self._views[p] = (px[n], sizes[n], present[n])
+                if len(self._views) > self.max_items:
+                    self._views.popitem(last=False)
+        rows = [self._views[p] for p in paths]
+        width = max(r[0].shape[0] for r in rows)
+        px = torch.zeros(len(rows), width, *rows[0][0].shape[1:])
+        for n, r in enumerate(rows):
+            px[n, : r[0].shape[0]] = r[0]
+        return px, torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows])

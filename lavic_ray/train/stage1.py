@@ -10,16 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
 from lavic_ray.config import LavicConfig
 from lavic_ray.data.layout import Catalog
 from lavic_ray.model.prompts import PromptBuilder, collate
-from lavic_ray.model.views import pixel_views
+from lavic_ray.model.views import ViewCache
 from lavic_ray.train.common import build_lavic, label_tokens, save_adapter
 from lavic_ray.train.loop import Task
 
@@ -61,8 +59,7 @@ class Stage1Task(Task):
             raise ValueError(f"no image with a description in {catalog_root}: stage 1 has nothing to distil (run lavic describe)")
         self.train_set = [e for e in examples if not is_heldout(e.item_id, self.scfg.valid_fraction)]
         self.valid_set = [e for e in examples if is_heldout(e.item_id, self.scfg.valid_fraction)][: self.scfg.eval_limit]
-        self._views: OrderedDict = OrderedDict()
-        self._cache_max = cache_images
+        self._views = ViewCache(self.ck.image_processor, cache_images)
 
     def module(self):
         return self.model
@@ -71,19 +68,7 @@ class Stage1Task(Task):
         return self.train_set
 
     def _pixels(self, batch: list[Stage1Example]):
-        missing = [e.image for e in batch if e.image not in self._views]
-        if missing:
-            px, sizes, present = pixel_views(self.ck.image_processor, missing)
-            for n, p in enumerate(missing):
-                self._views[p] = (px[n], sizes[n], present[n])
-                if len(self._views) > self._cache_max:
-                    self._views.popitem(last=False)
-        rows = [self._views[e.image] for e in batch]
-        width = max(r[0].shape[0] for r in rows)
-        px = torch.zeros(len(rows), width, *rows[0][0].shape[1:])
-        for n, r in enumerate(rows):
-            px[n, : r[0].shape[0]] = r[0]
-        return px, torch.stack([r[1] for r in rows]), torch.stack([r[2] for r in rows])
+        return self._views.get([e.image for e in batch])
 
     def _forward(self, fn, batch: list[Stage1Example]):
         b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.ck.tokenizer.pad_token_id, "right")

@@ -182,3 +182,18 @@ def test_batched_left_padded_generation_matches_one_by_one(tiny, model):
     together = generate_batch(model, b, encs, lambda keys: vec, max_new_tokens=6)
     alone = [generate_batch(model, b, [e], lambda keys, i=i: vec[i: i + 1], max_new_tokens=6)[0] for i, e in enumerate(encs)]
     assert together == alone
+
+
+def test_view_cache_pads_images_tiled_in_different_calls(tiny, tmp_path):
+    from lavic_ray.model.views import ViewCache
+
+    rng = np.random.default_rng(1)
+    paths = []
+    for name, (w, h) in {"a.png": (32, 32), "b.png": (64, 64)}.items():  # 3 views, 5 views
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / name)
+        paths.append(tmp_path / name)
+    cache = ViewCache(tiny.image_processor, max_items=8)
+    cache.get([paths[0]])  # tiled alone: padded to its own 3 views
+    px, sizes, present = cache.get([paths[0], paths[1]])
+    assert px.shape[:2] == (2, 5) and present.tolist() == [True, True]
+    assert torch.count_nonzero(px[0, 3:]) == 0 and torch.count_nonzero(px[1, 4]) > 0
