@@ -158,6 +158,53 @@ def cmd_quickstart(args) -> int:
     return 0
 
 
+def _kv(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def cmd_serve(args) -> int:
+    import time
+
+    from lavic_ray.serve.app import build_app, read_serve_config
+
+    overrides = _kv(args.arg)
+    if args.workdir:
+        w = Path(args.workdir)
+        overrides = {"stage2_dir": str(w / "stage2" / "lavic"), "table": str(w / "items" / "distilled.parquet"),
+                     "catalog": str(w / "catalog"), **overrides}
+    if not Path(args.serve_config).is_file():
+        raise FileNotFoundError(f"Serve config {args.serve_config} not found (run from the repository root, or pass --serve-config)")
+    app = read_serve_config(args.serve_config, overrides)
+    app.args.check_paths()
+    http = {**app.http_options, **({"port": args.port} if args.port is not None else {}),
+            **({"host": args.host} if args.host else {})}
+    import ray
+    from ray import serve
+
+    ray.init(address=args.address, include_dashboard=False, ignore_reinit_error=True)
+    serve.start(http_options=http)
+    serve.run(build_app(app.args, app.options), name=app.name, route_prefix=app.route_prefix, blocking=False)
+    url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
+    print(f"lavic serve: {app.name} up at {url}  (POST /recommend, GET /healthz, docs at {url}/docs)", flush=True)
+    if args.detach:
+        return 0
+    print("Ctrl-C stops it", flush=True)
+    try:
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lavic", description="LaViC on Ray: data, training, evaluation and serving.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -246,6 +293,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-ray", action="store_true")
     _config_args(p)
     p.set_defaults(fn=cmd_embed)
+
+    p = sub.add_parser("serve", help="serve the recommendation API (Ray Serve: retriever -> LaViC reranker)")
+    p.add_argument("--serve-config", default="serve_configs/local.yaml", help="Serve config file (default serve_configs/local.yaml)")
+    p.add_argument("--workdir", help="serve a quickstart work directory's artifacts (stage2/lavic, items/distilled.parquet, catalog)")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="override an application arg, e.g. --arg retrieve_k=20 (repeatable)")
+    p.add_argument("--host", help="HTTP host (default from the config: 127.0.0.1 locally)")
+    p.add_argument("--port", type=int, help="HTTP port (default from the config)")
+    p.add_argument("--address", help="a running Ray cluster ('auto'); default: start a local one")
+    p.add_argument("--detach", action="store_true", help="return after deploying (with --address: it keeps serving)")
+    p.set_defaults(fn=cmd_serve)
 
     p = sub.add_parser("quickstart", help="the main job on the embedded default: synthetic catalog -> ... -> report")
     p.add_argument("--workdir", default="lavic_runs/quickstart", help="where every artifact goes")

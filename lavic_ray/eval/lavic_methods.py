@@ -13,65 +13,40 @@ Each needs ``eval.runs.<method>`` (or ``lavic evaluate --stage2 DIR --table FILE
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from lavic_ray.config import load_config
 from lavic_ray.eval.evaluate import Method, ScoringMethod, register_method
 
 log = logging.getLogger(__name__)
 
 
-class _LoadedRun:
-    def __init__(self, stage2_dir: str | Path, table: str | None):
-        from lavic_ray.model.checkpoints import load_checkpoint
-        from lavic_ray.model.lavic import LaViC
-        from lavic_ray.model.lora import load_lora
-        from lavic_ray.model.prompts import PromptBuilder
-        from lavic_ray.model.table import VectorTable
-
-        d = Path(stage2_dir)
-        cfg = load_config(d / "config.yaml")
-        self.cfg = cfg
-        s = cfg.stage2
-        ck = load_checkpoint(cfg.model.checkpoint, cfg.model.dtype)
-        vlm = load_lora(ck.model, d / "adapter")
-        self.model = LaViC(vlm, ck.image_token_id, cfg.model.feature_layer, cfg.model.scale_vectors).eval()
-        self.builder = PromptBuilder(ck.tokenizer, ck.image_token_id, s.max_length, s.layout, s.answer, s.use_images)
-        self.table = VectorTable.load(table) if s.use_images else None
-        if s.use_images and table is None:
-            raise ValueError(f"{d} was trained with images: give its item embedding table")
-
-    @property
-    def lookup(self):
-        return self.table.lookup if self.table is not None else None
-
-
 class _LaViCBase:
     needs_items = True
 
-    def _run(self) -> _LoadedRun:
+    def _run(self):
+        from lavic_ray.model.recommender import Recommender
+
         runs = self.ctx.config.eval.runs
         if self.name not in runs:
             raise ValueError(f"method {self.name!r} needs a trained stage 2: set eval.runs.{self.name}.stage2_dir (and .table), "
                              f"or pass --stage2 DIR --table FILE")
         r = runs[self.name]
-        return _LoadedRun(r.stage2_dir, r.table)
+        return Recommender(r.stage2_dir, r.table)
 
     def _candidates(self, conv, key):
         return [(c, self.ctx.catalog[c].title) for c in conv.candidate_list(key)]
 
 
 class LaViCScoring(_LaViCBase, ScoringMethod):
-    def score(self, convs, key):
-        from lavic_ray.model.scoring import score_listwise, score_pointwise
+    batch_size = 8
 
+    def score(self, convs, key):
         run = self._run()
-        fn = score_listwise if run.cfg.stage2.formulation == "listwise" else score_pointwise
         out = []
-        for n, conv in enumerate(convs, start=1):
-            out.append(fn(run.model, run.builder, conv.turns(), self._candidates(conv, key), run.lookup))
-            if n % 50 == 0:
-                log.info("%s: scored %d/%d conversations", self.name, n, len(convs))
+        for start in range(0, len(convs), self.batch_size):
+            chunk = convs[start: start + self.batch_size]
+            out.extend(run.score([(conv.turns(), self._candidates(conv, key)) for conv in chunk]))
+            if (start // self.batch_size + 1) % 10 == 0:
+                log.info("%s: scored %d/%d conversations", self.name, start + len(chunk), len(convs))
         return out
 
 
@@ -89,7 +64,7 @@ class LaViCGenerate(_LaViCBase, Method):
         from lavic_ray.model.scoring import generate_batch, parse_answer
 
         run = self._run()
-        if run.cfg.stage2.formulation != "listwise":
+        if run.formulation != "listwise":
             raise ValueError("lavic-generate needs a listwise stage 2 (a pointwise model answers yes/no)")
         ids = set(self.ctx.catalog.ids())
         out = []

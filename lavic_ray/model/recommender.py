@@ -1,0 +1,72 @@
+"""A trained stage-2 run loaded for inference: the model, its prompts and its item vectors.
+
+Evaluation and the serving reranker both go through :class:`Recommender`, so a run
+scores the same way offline and online. It reads the run's ``config.yaml`` (model,
+formulation, layout, answer form), applies its LoRA adapter and reads the item
+embedding table: nothing here runs the vision tower.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from lavic_ray.config import LavicConfig, load_config
+from lavic_ray.model.scoring import DEFAULT_MAX_ROWS, Request, score_batch
+
+log = logging.getLogger(__name__)
+
+
+class Recommender:
+    """Scores candidate lists with a trained stage 2.
+
+    Args:
+        stage2_dir: A stage-2 output directory (``config.yaml`` + ``adapter/``).
+        table: The item embedding table (needed unless the run is title-only).
+        device: ``cpu``, ``cuda`` or ``cuda:N``; None keeps the run's CPU default.
+        dtype: Overrides the run's ``model.dtype`` (``bfloat16`` on GPUs).
+        checkpoint: Overrides the run's ``model.checkpoint`` (the same weights moved elsewhere).
+    """
+
+    def __init__(self, stage2_dir: str | Path, table: str | Path | None, device: str | None = None,
+                 dtype: str | None = None, checkpoint: str | None = None, max_rows: int = DEFAULT_MAX_ROWS):
+        from lavic_ray.model.checkpoints import load_checkpoint
+        from lavic_ray.model.lavic import LaViC
+        from lavic_ray.model.lora import load_lora
+        from lavic_ray.model.prompts import PromptBuilder
+        from lavic_ray.model.table import VectorTable
+
+        d = Path(stage2_dir)
+        if not (d / "config.yaml").is_file() or not (d / "adapter").is_dir():
+            raise FileNotFoundError(f"{d} is not a stage-2 run (expected config.yaml and adapter/ from `lavic recommend`)")
+        cfg: LavicConfig = load_config(d / "config.yaml")
+        self.cfg = cfg
+        s = cfg.stage2
+        if s.use_images and table is None:
+            raise ValueError(f"{d} was trained with images: give its item embedding table")
+        ck = load_checkpoint(checkpoint or cfg.model.checkpoint, dtype or cfg.model.dtype, device if device not in (None, "cpu") else None)
+        vlm = load_lora(ck.model, d / "adapter")
+        self.model = LaViC(vlm, ck.image_token_id, cfg.model.feature_layer, cfg.model.scale_vectors).eval()
+        self.builder = PromptBuilder(ck.tokenizer, ck.image_token_id, s.max_length, s.layout, s.answer, s.use_images)
+        self.table = VectorTable.load(table) if s.use_images else None
+        self.formulation = s.formulation
+        self.max_rows = max_rows
+        self.stage2_dir = d
+
+    @property
+    def lookup(self):
+        return self.table.lookup if self.table is not None else None
+
+    def score(self, requests: Sequence[Request]) -> list[list[float]]:
+        """Candidate scores (higher is better) for a batch of ``(turns, [(item_id, title), ...])``."""
+        return score_batch(self.model, self.builder, self.formulation, requests, self.lookup, self.max_rows)
+
+    def describe(self) -> dict:
+        s = self.cfg.stage2
+        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation,
+                "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
+                "table_items": len(self.table) if self.table is not None else 0,
+                "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads()}

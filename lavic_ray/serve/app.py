@@ -1,0 +1,248 @@
+"""The HTTP ingress and the application builder.
+
+``POST /recommend`` -> validate -> (``Retriever``: top ``retrieve_k`` over the catalog,
+unless the client gave the candidates) -> ``Reranker``: score every candidate ->
+the top ``k`` with ID, title and score. ``GET /healthz`` answers when the
+application is up; ``GET /docs`` is the OpenAPI UI.
+
+Client mistakes never produce a 500: malformed JSON is a 400, everything else the
+client can fix (empty conversation, unknown or repeated IDs, too many candidates,
+text over the limit, bad fields) a 422, each with a message naming what to fix.
+A replica that dies under a request is retried on another one (twice); only when
+that fails too does the client see a 503.
+
+Build it with ``build_app(ServeArgs(...))`` or from a Serve config
+(``import_path: lavic_ray.serve.app:build_app`` with ``args:``).
+"""
+
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from lavic_ray.data.records import Turn
+from lavic_ray.retrieval.base import conversation_query
+from lavic_ray.serve.reranker import Reranker
+from lavic_ray.serve.retriever import Retriever
+from lavic_ray.serve.schema import RankedItem, RecommendRequest, RecommendResponse, ServeArgs
+
+log = logging.getLogger(__name__)
+
+RETRIES = 2
+
+
+class RequestError(Exception):
+    """A client mistake: an HTTP status and a message saying what to fix."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def make_api() -> FastAPI:
+    """A fresh FastAPI app with the error handlers (one per ingress class, see :func:`make_ingress`)."""
+    api = FastAPI(
+        title="lavic-ray",
+        summary="Visually-aware conversational recommendation (LaViC): retrieve candidates, rerank them with the VLM.",
+        version="0.1.0",
+    )
+    api.add_exception_handler(RequestValidationError, _validation_error)
+    api.add_exception_handler(RequestError, _request_error)
+    return api
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        where = next(e for e in errors if e.get("type") == "json_invalid")
+        return JSONResponse(status_code=400, content={"error": f"malformed JSON body: {where.get('ctx', {}).get('error', where.get('msg'))}"})
+    problems = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}" for e in errors]
+    return JSONResponse(status_code=422, content={"error": "invalid request: " + "; ".join(problems), "problems": problems})
+
+
+async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
+    return JSONResponse(status_code=exc.status, content={"error": exc.message})
+
+
+def check_request(req: RecommendRequest, args: ServeArgs, known: set[str] | dict) -> tuple[list[Turn], list[str] | None]:
+    """The conversation and candidates of a valid request; :class:`RequestError` otherwise."""
+    if (req.context is None) == (req.turns is None):
+        raise RequestError(422, "give the conversation either as `context` (text) or as `turns` (a list), not both or neither")
+    turns = req.conversation()
+    if not turns:
+        raise RequestError(422, "the conversation is empty: it needs at least one turn with text")
+    if len(turns) > args.max_turns:
+        raise RequestError(422, f"the conversation has {len(turns)} turns; the limit is {args.max_turns} (send the latest ones)")
+    chars = sum(len(t.text) for t in turns)
+    if chars > args.max_text_chars:
+        raise RequestError(422, f"the conversation has {chars} characters; the limit is {args.max_text_chars} "
+                                "(send the latest turns; older ones are cut first anyway)")
+    ids = list(req.candidates or []) + list(req.exclude)
+    unknown = [i for i in dict.fromkeys(ids) if i not in known]
+    if unknown:
+        raise RequestError(422, f"unknown item ID(s): {', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else "")
+                                + " (not in the served catalog)")
+    if req.candidates is not None:
+        cands = [c for c in req.candidates if c not in set(req.exclude)]
+        if not cands:
+            raise RequestError(422, "no candidates to rerank (the list is empty, or every candidate is excluded)")
+        if len(cands) > args.max_candidates:
+            raise RequestError(422, f"{len(cands)} candidates; the limit is {args.max_candidates}")
+        if req.k > len(cands):
+            raise RequestError(422, f"k={req.k} but only {len(cands)} candidates were given: ask for k <= {len(cands)}")
+        return turns, cands
+    if req.k > args.retrieve_k:
+        raise RequestError(422, f"k={req.k} but the service retrieves {args.retrieve_k} candidates: ask for k <= {args.retrieve_k}")
+    return turns, None
+
+
+async def _call(method, *a, what: str):
+    """Call a deployment method; retry when the replica died under the request."""
+    for attempt in range(RETRIES + 1):
+        try:
+            return await method.remote(*a)
+        except RayActorError as e:
+            if attempt == RETRIES:
+                log.error("%s failed %d times: %s", what, attempt + 1, e)
+                raise RequestError(503, f"the {what} is unavailable right now; retry shortly") from e
+            log.warning("%s replica died under a request; retrying (%d/%d)", what, attempt + 1, RETRIES)
+            await asyncio.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def make_ingress():
+    """The ingress deployment, on a FastAPI app of its own.
+
+    A new class per application build: Serve freezes the app into the class and a
+    replica (or Serve's local testing mode) mutates its frozen copy, so nothing may
+    be shared between two builds in one process.
+    """
+    api = make_api()
+
+    @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
+    @serve.ingress(api)
+    class LavicIngress:
+        """FastAPI ingress: validates, retrieves (unless given candidates), reranks, answers."""
+
+        def __init__(self, retriever: DeploymentHandle, reranker: DeploymentHandle, args: ServeArgs):
+            from lavic_ray.data.layout import Catalog
+
+            self.retriever = retriever
+            self.reranker = reranker
+            self.args = args
+            catalog = Catalog.load(args.catalog)
+            self.titles = {it.item_id: it.title for it in catalog}
+            log.info("ingress ready over %d items", len(self.titles))
+
+        @api.get("/healthz")
+        async def healthz(self) -> dict:
+            """Up and serving (the catalog size is what clients can name)."""
+            return {"status": "ok", "items": len(self.titles)}
+
+        @api.get("/info")
+        async def info(self) -> dict:
+            """What is served: the stage-2 run, its formulation, the reranker replica that answered."""
+            return {"reranker": await _call(self.reranker.info, what="reranker"), "retrieve_k": self.args.retrieve_k,
+                    "max_candidates": self.args.max_candidates, "retriever": self.args.retriever}
+
+        @api.post("/recommend", response_model=RecommendResponse)
+        async def recommend(self, body: RecommendRequest) -> RecommendResponse:
+            """Rank catalog items for a conversation (resend the whole conversation on every turn)."""
+            t0 = time.perf_counter()
+            turns, cands = check_request(body, self.args, self.titles)
+            timings = {}
+            retrieved = cands is None
+            if retrieved:
+                query = conversation_query("\n".join(t.text for t in turns))
+                hits = await _call(self.retriever.search, query, self.args.retrieve_k, body.exclude, what="retriever")
+                cands = [i for i, _ in hits]
+                timings["retrieve"] = (time.perf_counter() - t0) * 1e3
+            t1 = time.perf_counter()
+            pairs = [(c, self.titles[c]) for c in cands]
+            scores = await _call(self.reranker.rerank, turns, pairs, what="reranker")
+            timings["rerank"] = (time.perf_counter() - t1) * 1e3
+            order = sorted(range(len(cands)), key=lambda i: -scores[i])[: body.k]
+            items = [RankedItem(rank=r + 1, item_id=cands[i], title=self.titles[cands[i]], score=float(scores[i]))
+                     for r, i in enumerate(order)]
+            timings["total"] = (time.perf_counter() - t0) * 1e3
+            return RecommendResponse(items=items, retrieved=retrieved, candidates=len(cands),
+                                     formulation=await self._formulation(), timings_ms={k: round(v, 2) for k, v in timings.items()})
+
+        async def _formulation(self) -> str:
+            if not hasattr(self, "_form"):
+                self._form = (await _call(self.reranker.info, what="reranker"))["formulation"]
+            return self._form
+
+    return LavicIngress
+
+
+DEPLOYMENT_NAMES = ("LavicIngress", "Retriever", "Reranker")
+
+
+def build_app(args: ServeArgs, options: dict[str, dict] | None = None, reranker: serve.Deployment | None = None) -> serve.Application:
+    """The Serve application: ``LavicIngress`` -> ``Retriever`` and ``Reranker``.
+
+    Args:
+        args: Typed arguments (a dict is validated into :class:`ServeArgs`); paths are made absolute.
+        options: Per-deployment ``.options()`` (``ray_actor_options``, ``autoscaling_config`` ...),
+            as the ``deployments:`` list of a Serve config sets them; for building in Python.
+        reranker: Another deployment with the ``Reranker`` interface (``rerank``, ``info``), for
+            benchmarks that compare rerankers behind the same ingress.
+    """
+    if isinstance(args, dict):
+        args = ServeArgs(**args)
+    args = args.resolved()
+    args.check_paths()
+    options = options or {}
+    unknown = set(options) - set(DEPLOYMENT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown deployment(s) {sorted(unknown)}; the application has {list(DEPLOYMENT_NAMES)}")
+    classes = {"LavicIngress": make_ingress(), "Retriever": Retriever, "Reranker": reranker.options(name="Reranker") if reranker else Reranker}
+    dep = {name: d.options(**options[name]) if name in options else d for name, d in classes.items()}
+    retriever = dep["Retriever"].bind(args.catalog, args.index, args.retriever, args.sbert_model, args.retrieve_batch_size)
+    reranker = dep["Reranker"].bind(args.stage2_dir, args.table, args.device, args.dtype, args.checkpoint,
+                                    args.rerank_batch_size, args.rerank_batch_wait_s, args.torch_threads)
+    return dep["LavicIngress"].bind(retriever, reranker, args)
+
+
+class ServeConfigApp(BaseModel):
+    """One application of a Serve config file, ready to run in Python."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    name: str
+    route_prefix: str
+    args: ServeArgs
+    options: dict[str, dict]
+    http_options: dict
+
+
+def read_serve_config(path: str | Path, overrides: dict | None = None, base: str | Path | None = None) -> ServeConfigApp:
+    """The lavic application of a Serve config (``serve_configs/*.yaml``), args overridden and resolved.
+
+    Relative paths resolve against ``base`` (default: the current directory), as ``serve run`` does.
+    """
+    import yaml
+
+    path = Path(path)
+    raw = yaml.safe_load(path.read_text())
+    apps = [a for a in raw.get("applications", []) if str(a.get("import_path", "")).startswith("lavic_ray.serve.app:")]
+    if not apps:
+        raise ValueError(f"{path}: no application with import_path lavic_ray.serve.app:build_app")
+    app = apps[0]
+    args = ServeArgs(**{**app.get("args", {}), **(overrides or {})}).resolved(base)
+    opts = {}
+    for d in app.get("deployments", []):
+        d = dict(d)
+        opts[d.pop("name")] = d
+    return ServeConfigApp(name=app.get("name", "lavic"), route_prefix=app.get("route_prefix", "/"), args=args,
+                          options=opts, http_options=raw.get("http_options", {}))

@@ -1,0 +1,51 @@
+"""The ``Reranker`` deployment: LaViC + the stage-2 adapter + the item embedding table.
+
+Each replica loads a :class:`lavic_ray.model.recommender.Recommender` once and
+scores candidate lists in batches: concurrent requests are gathered by
+``@serve.batch`` and share one prefix pass (left-padded) and chunked candidate
+continuations. Item vectors come from the table; the vision tower never runs on
+a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+from ray import serve
+
+from lavic_ray.data.records import Turn
+
+log = logging.getLogger(__name__)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
+class Reranker:
+    """Ray Serve deployment: ``rerank(turns, [(item_id, title), ...]) -> scores``."""
+
+    def __init__(self, stage2_dir: str, table: str | None, device: str = "cpu", dtype: str | None = None,
+                 checkpoint: str | None = None, batch_size: int = 8, batch_wait_s: float = 0.01,
+                 torch_threads: int | None = None):
+        import torch
+
+        from lavic_ray.model.recommender import Recommender
+
+        if torch_threads:
+            torch.set_num_threads(torch_threads)
+        self.core = Recommender(stage2_dir, table, device=device, dtype=dtype, checkpoint=checkpoint)
+        self._rerank_batch.set_max_batch_size(batch_size)
+        self._rerank_batch.set_batch_wait_timeout_s(batch_wait_s)
+        self.batches = 0
+        log.info("reranker ready: %s", self.core.describe())
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _rerank_batch(self, requests: list[tuple[list[Turn], list[tuple[str, str]]]]) -> list[list[float]]:
+        self.batches += 1
+        return await asyncio.get_running_loop().run_in_executor(None, self.core.score, requests)
+
+    async def rerank(self, turns: list[Turn], candidates: list[tuple[str, str]]) -> list[float]:
+        return await self._rerank_batch((turns, candidates))
+
+    def info(self) -> dict:
+        return {**self.core.describe(), "pid": os.getpid(), "batches": self.batches}
