@@ -163,7 +163,8 @@ class Stage2Config(StageConfig):
     formulation: Literal["listwise", "pointwise"] = "listwise"
     layout: Literal["vectors_first", "id_title_vectors"] = "vectors_first"
     answer: Literal["id", "letter"] = "id"
-    negatives: int = Field(3, ge=1, description="pointwise: negatives per positive")
+    negatives: int = Field(9, ge=1, description="pointwise: negatives per positive, drawn from its candidate list "
+                                                "(scored together after one shared conversation prefix)")
     use_images: bool = True
     candidates_key: str = "candidates_st"
 

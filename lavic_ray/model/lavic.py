@@ -127,14 +127,21 @@ class LaViC(nn.Module):
         return embeds
 
     # ------------------------------------------------------------------ forward
-    def forward(self, input_ids, attention_mask, vectors=None, labels=None, pixel_values=None, image_sizes=None,
-                present=None, **kwargs):
+    def forward(self, input_ids=None, attention_mask=None, vectors=None, labels=None, pixel_values=None, image_sizes=None,
+                present=None, fn=None, **kwargs):
         """Language-model forward over spliced embeddings; ``loss`` when labels are given.
 
         Give either ``vectors`` (stage 2, read from the embedding table) or the pixel
         views (stage 1: ``pixel_values``, ``image_sizes``, ``present``), whose vectors are
         computed here so that gradients reach the vision side.
+
+        ``fn(self, **kwargs)`` instead runs a computation made of several passes (such as
+        :func:`lavic_ray.model.scoring.pointwise_log_probs`: a prefix, then continuations
+        from its cache) inside this forward, so that a DDP or DeepSpeed wrapper sees one
+        forward call and synchronises the gradients of all of it.
         """
+        if fn is not None:
+            return fn(self, **kwargs)
         if pixel_values is not None:
             vectors = self.image_vectors(pixel_values, image_sizes, present)
         embeds = self.embed(input_ids, vectors)

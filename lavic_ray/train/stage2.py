@@ -19,7 +19,7 @@ from lavic_ray.data.layout import Catalog, read_conversations
 from lavic_ray.data.records import Conversation
 from lavic_ray.eval.metrics import Judged, aggregate, rank_by_scores
 from lavic_ray.model.prompts import PromptBuilder, collate
-from lavic_ray.model.scoring import score_listwise, score_pointwise
+from lavic_ray.model.scoring import pointwise_log_probs, score_batch
 from lavic_ray.model.table import VectorTable
 from lavic_ray.train.common import build_lavic, save_adapter
 from lavic_ray.train.loop import Task
@@ -35,8 +35,8 @@ class ListwiseSample:
 @dataclass(frozen=True)
 class PointwiseSample:
     conv: Conversation
-    item_id: str
-    positive: bool
+    candidates: tuple[str, ...]
+    positive: tuple[bool, ...]
 
 
 def listwise_samples(convs: list[Conversation], key: str, seed: int) -> list[ListwiseSample]:
@@ -57,14 +57,18 @@ def listwise_samples(convs: list[Conversation], key: str, seed: int) -> list[Lis
 
 
 def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives: int) -> list[PointwiseSample]:
-    """Per (conversation, ground-truth item): the positive and ``negatives`` sampled non-ground-truth candidates."""
+    """Per (conversation, ground-truth item): that item ("yes") and up to ``negatives`` other
+    candidates of its list ("no"), all scored after one shared conversation prefix.
+
+    Other ground-truth items of a multi-item conversation are never negatives.
+    """
     out = []
-    for conv in convs:
-        pool = [c for c in conv.candidate_list(key) if c not in conv.gt_items]
-        for g in conv.gt_items:
-            rng = random.Random(f"{seed}:{conv.conv_id}:{g}")
-            out.append(PointwiseSample(conv, g, True))
-            out.extend(PointwiseSample(conv, n, False) for n in rng.sample(pool, min(negatives, len(pool))))
+    for s in listwise_samples(convs, key, seed):
+        gt = s.candidates[s.answer]
+        rng = random.Random(f"{seed}:{s.conv.conv_id}:{gt}:negatives")
+        pool = [c for c in s.candidates if c not in s.conv.gt_items]
+        negs = tuple(rng.sample(pool, min(negatives, len(pool))))
+        out.append(PointwiseSample(s.conv, (gt, *negs), (True,) + (False,) * len(negs)))
     return out
 
 
@@ -105,34 +109,45 @@ class Stage2Task(Task):
     def lookup(self, ids) -> torch.Tensor:
         return self.table.lookup(ids)
 
-    def encode(self, sample):
-        turns = sample.conv.turns()
-        if isinstance(sample, ListwiseSample):
-            cands = [(c, self.catalog[c].title) for c in sample.candidates]
-            return self.builder.listwise(turns, cands, sample.answer)
-        return self.builder.pointwise(turns, sample.item_id, self.catalog[sample.item_id].title, sample.positive)
+    def _candidates(self, ids) -> list[tuple[str, str]]:
+        return [(c, self.catalog[c].title) for c in ids]
 
     def loss(self, engine, batch):
-        b = collate([self.encode(s) for s in batch], self.ck.tokenizer.pad_token_id, "right")
+        if self.scfg.formulation == "pointwise":
+            return self._pointwise_loss(engine, batch)
+        encoded = [self.builder.listwise(s.conv.turns(), self._candidates(s.candidates), s.answer) for s in batch]
+        b = collate(encoded, self.ck.tokenizer.pad_token_id, "right")
         device = next(self.model.parameters()).device
         vectors = self.lookup(b.images).to(device) if b.images else None
         b = b.to(device)
         out = engine(b.input_ids, b.attention_mask, vectors=vectors, labels=b.labels)
         return out.loss, int(b.attention_mask.sum())
 
-    def score(self, module, conv: Conversation) -> list[float]:
-        cands = [(c, self.catalog[c].title) for c in conv.candidate_list(self.scfg.candidates_key)]
-        fn = score_listwise if self.scfg.formulation == "listwise" else score_pointwise
-        return fn(module, self.builder, conv.turns(), cands, self.lookup if self.scfg.use_images else None)
+    def _pointwise_loss(self, engine, batch: list[PointwiseSample]):
+        """Balanced yes/no NLL: positives and negatives weigh half each, whatever their ratio."""
+        requests = [(s.conv.turns(), self._candidates(s.candidates)) for s in batch]
+        lp, tokens = engine(fn=pointwise_log_probs, builder=self.builder, requests=requests,
+                            lookup=self.lookup if self.scfg.use_images else None, max_rows=None,
+                            share_prefix=not self.scfg.engine.gradient_checkpointing)
+        positive = torch.tensor([p for s in batch for p in s.positive], device=lp.device)
+        nll = -torch.where(positive, lp[:, 0], lp[:, 1])
+        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+        weight = torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1)) / ((n_pos > 0) + (n_neg > 0))
+        return (weight * nll).sum(), tokens
 
-    def validate(self, module):
+    def validate(self, module, batch_size: int = 8):
         if not self.valid:
             return {}
         module = getattr(module, "module", module)
-        judged = []
-        for conv in self.valid:
-            cands = conv.candidate_list(self.scfg.candidates_key)
-            judged.append(Judged.make(conv.conv_id, conv.gt_items, cands, rank_by_scores(cands, self.score(module, conv), conv.gt_items)))
+        key, judged = self.scfg.candidates_key, []
+        lookup = self.lookup if self.scfg.use_images else None
+        for start in range(0, len(self.valid), batch_size):
+            convs = self.valid[start: start + batch_size]
+            scores = score_batch(module, self.builder, self.scfg.formulation,
+                                 [(c.turns(), self._candidates(c.candidate_list(key))) for c in convs], lookup)
+            for conv, sc in zip(convs, scores):
+                cands = conv.candidate_list(key)
+                judged.append(Judged.make(conv.conv_id, conv.gt_items, cands, rank_by_scores(cands, sc, conv.gt_items)))
         m = aggregate(judged, ks=(1, 10))
         return {"valid_hr@1": m["hr@1"], "valid_ndcg@10": m["ndcg@10"], "valid_oracle_hr@10": m["oracle_hr@10"],
                 "valid_conversations": m["conversations"]}

@@ -197,3 +197,54 @@ def test_view_cache_pads_images_tiled_in_different_calls(tiny, tmp_path):
     px, sizes, present = cache.get([paths[0], paths[1]])
     assert px.shape[:2] == (2, 5) and present.tolist() == [True, True]
     assert torch.count_nonzero(px[0, 3:]) == 0 and torch.count_nonzero(px[1, 4]) > 0
+
+
+def test_batched_scoring_matches_one_request_at_a_time(tiny, model):
+    from lavic_ray.model.scoring import score_batch
+
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
+    ids = ["B000000001", "0306406152", "B000000003", "B000000004"]
+    vec = {i: torch.randn(NUM_VECTORS, model.hidden_size) for i in ids}
+
+    def lookup(keys):
+        return torch.stack([vec[k] for k in keys])
+
+    requests = [
+        (parse_turns("<submission>a teal mug with stripes and a long story about it</submission><comment>ok</comment>"),
+         [(i, f"Mug {i}") for i in ids]),
+        (parse_turns("<submission>vase</submission>"), [(ids[2], "Vase"), (ids[0], "Other")]),
+        (parse_turns("<submission>lamp please</submission>"), [(ids[3], "Lamp")]),
+    ]
+    for formulation in ("listwise", "pointwise"):
+        together = score_batch(model, b, formulation, requests, lookup, max_rows=3)  # chunks cross requests
+        alone = [score_batch(model, b, formulation, [r], lookup)[0] for r in requests]
+        for t, a in zip(together, alone):
+            assert t == pytest.approx(a, abs=1e-3)
+    assert score_batch(model, b, "listwise", [], lookup) == []
+
+
+def test_pointwise_training_path_shares_the_prefix_and_passes_gradients(tiny):
+    from lavic_ray.model.lora import add_lora
+    from lavic_ray.config import LoraConfig
+    from lavic_ray.model.scoring import pointwise_log_probs
+
+    vlm = add_lora(tiny.model, "llm", LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = LaViC(vlm, tiny.image_token_id).train()
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
+    ids = ["B000000001", "0306406152", "B000000003"]
+    vec = {i: torch.randn(NUM_VECTORS, model.hidden_size) for i in ids}
+
+    def lookup(keys):
+        return torch.stack([vec[k] for k in keys])
+
+    requests = [(parse_turns("<submission>a teal mug with stripes, please</submission><comment>ok</comment>"),
+                 [(i, f"Mug {i}") for i in ids]),
+                (parse_turns("<submission>vase</submission>"), [(ids[1], "Vase")])]
+    shared, tokens_shared = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=None)
+    alone, tokens_alone = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=None,
+                                share_prefix=False)
+    assert shared.shape == (4, 2) and torch.allclose(shared, alone, atol=1e-4)
+    assert tokens_shared < tokens_alone  # the first conversation ran once, not three times
+    shared[:, 0].sum().backward()
+    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
+    assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)

@@ -64,10 +64,16 @@ def test_listwise_samples_insert_the_ground_truth_without_mutating():
 
 def test_pointwise_samples():
     cands = tuple(f"C{i:09d}" for i in range(10))
-    conv = Conversation("f:1", "<submission>x</submission>", ("C000000002",), {"candidates_st": cands})
+    conv = Conversation("f:1", "<submission>x</submission>", ("C000000002", "C000000005"), {"candidates_st": cands})
     s = pointwise_samples([conv], "candidates_st", seed=0, negatives=3)
-    assert [x.positive for x in s] == [True, False, False, False]
-    assert s[0].item_id == "C000000002" and all(x.item_id != "C000000002" for x in s[1:])
+    assert len(s) == 2  # one per ground-truth item
+    for sample, gt in zip(s, ("C000000002", "C000000005")):
+        assert sample.positive == (True, False, False, False) and sample.candidates[0] == gt
+        # negatives come from the list, and another ground truth is never one of them
+        assert set(sample.candidates[1:]) <= set(cands) - {"C000000002", "C000000005"}
+    every = pointwise_samples([conv], "candidates_st", seed=0, negatives=50)[0]
+    assert len(every.candidates) == 9 and sum(every.positive) == 1
+    assert pointwise_samples([conv], "candidates_st", seed=0, negatives=3) == s  # deterministic
 
 
 def test_stage2_needs_the_table_for_images(tmp_path, tiny_dir, synth_root):
