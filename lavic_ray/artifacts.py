@@ -50,18 +50,40 @@ def write_config(directory: str | Path, config: BaseModel) -> Path:
 class Artifacts:
     """The artifact layout under a storage root.
 
-    ``catalog/``            the dataset in the LaViC layout (synthetic, or a link to the user's)
+    ``catalog/``            the synthetic dataset in the LaViC layout (a user's dataset stays where it is)
+    ``models/<name>/``      offline checkpoints built here (``small``, ``tiny``)
+    ``stage1/``             the vision adapter (``adapter/``), history, Ray Train checkpoints
+    ``items/<which>.parquet`` item embedding tables (``distilled``, ``undistilled``)
+    ``stage2/<variant>/``   stage-2 runs (``lavic``, ``lavic-title-only``, ``lavic-no-distill``)
     ``retrieval/<kind>/``   saved retriever indexes
     ``eval/<name>/``        metrics.json, predictions.jsonl, config.yaml
+    ``tune/<stage>/``       Ray Tune searches: trials, results table, best preset
     ``report/``             the markdown report and its plots
     """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        # absolute: paths derived from it are handed to Ray workers, which run elsewhere
+        self.root = Path(root).resolve()
 
     @property
     def catalog(self) -> Path:
         return self.root / "catalog"
+
+    def model(self, name: str) -> Path:
+        return self.root / "models" / name
+
+    @property
+    def stage1(self) -> Path:
+        return self.root / "stage1"
+
+    def table(self, which: str) -> Path:
+        return self.root / "items" / f"{which}.parquet"
+
+    def stage2(self, variant: str) -> Path:
+        return self.root / "stage2" / variant
+
+    def tune(self, stage: str) -> Path:
+        return self.root / "tune" / stage
 
     def retrieval_index(self, kind: str) -> Path:
         return self.root / "retrieval" / kind

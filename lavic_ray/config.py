@@ -169,6 +169,43 @@ class Stage2Config(StageConfig):
     candidates_key: str = "candidates_st"
 
 
+class JobConfig(Strict):
+    """What one ``ray job submit`` entry point (``jobs/<job>.py``) works on."""
+
+    variant: Literal["lavic", "lavic-title-only", "lavic-no-distill"] = Field(
+        "lavic", description="stage 2 / evaluation: the full method or one of the paper's ablations")
+    split: Literal["train", "valid", "test"] = Field("test", description="evaluate: the split to score")
+    max_failures: int = Field(1, ge=0, description="Ray Train worker failures a run survives (from its last checkpoint)")
+
+
+class TrackingConfig(Strict):
+    """Experiment tracking of training runs (rank 0 logs every reported metric)."""
+
+    backend: Literal["none", "tensorboard", "mlflow"] = "none"
+    #: TensorBoard log directory or MLflow tracking URI (a local ``file:`` store by default);
+    #: None: ``<stage dir>/tensorboard`` or ``file:<storage_root>/mlruns``
+    uri: str | None = None
+    experiment: str = "lavic"
+
+
+class TuneConfig(Strict):
+    """A Ray Tune search over one stage (``jobs/tune.py``); each trial is a Ray Train run."""
+
+    stage: Literal["stage1", "stage2"] = "stage2"
+    metric: str = Field("valid_hr@1", description="reported metric to optimise (stage 1: valid_ppl)")
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(4, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1)
+    #: dotted config key -> distribution: {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}
+    space: dict[str, dict[str, list]] = {"stage2.lr": {"loguniform": [1e-4, 3e-3]}, "stage2.lora.r": {"choice": [8, 16]}}
+    #: ASHA: trials are compared at these report steps and the worst stopped early
+    grace_period: int = Field(1, ge=1, description="reports before a trial may be stopped")
+    reduction_factor: int = Field(2, ge=2)
+    cpus_per_trial: float = Field(0.05, gt=0, description="CPUs held by each trial's driver, which only waits on its Ray "
+                                                         "Train workers; concurrent trials need this + their workers' CPUs each")
+    seed: int = 0
+
+
 class LavicConfig(Strict):
     """The whole system's configuration."""
 
@@ -180,9 +217,12 @@ class LavicConfig(Strict):
     model: ModelConfig = ModelConfig()
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
+    job: JobConfig = JobConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    tune: TuneConfig = TuneConfig()
 
 
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+def set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     if not all(keys):
         raise ConfigError(f"bad override key {dotted!r}")
@@ -206,7 +246,7 @@ def parse_overrides(overrides: list[str]) -> dict:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"override {ov!r}: value is not valid YAML: {e}") from None
-        _set_dotted(tree, key.strip(), value)
+        set_dotted(tree, key.strip(), value)
     return tree
 
 
@@ -226,13 +266,33 @@ def _format_validation(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _read_with_includes(p: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
+    """A YAML file and, first, the files its ``include:`` names (relative to it), in merge order."""
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" + (f" (included from {seen[-1]})" if seen else ""))
+    if p.resolve() in seen:
+        raise ConfigError(f"{p}: include cycle ({' -> '.join(map(str, seen))})")
+    try:
+        loaded = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
+    include = loaded.pop("include", [])
+    out = []
+    for inc in [include] if isinstance(include, str) else include:
+        out += _read_with_includes(p.parent / inc, (*seen, p.resolve()))
+    return out + [(p, loaded)]
+
+
 def load_config(path: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None,
                 cls: type[Strict] = LavicConfig):
     """Load a configuration from YAML file(s) and dotted overrides.
 
     Args:
         path: A YAML file, or several merged in order (a preset, then the user's file);
-            None starts from the defaults.
+            None starts from the defaults. A file's top-level ``include:`` (a path or a list,
+            relative to the file) is merged before the file itself.
         overrides: ``section.key=value`` strings, applied last.
         cls: The config class (the whole-system :class:`LavicConfig` by default).
 
@@ -245,17 +305,9 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
     sources = []
     paths = [] if path is None else (list(path) if isinstance(path, (list, tuple)) else [path])
     for item in paths:
-        p = Path(item)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            loaded = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML: {e}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
-        data = _merge(data, loaded)
-        sources.append(str(p))
+        for p, loaded in _read_with_includes(Path(item)):
+            data = _merge(data, loaded)
+            sources.append(str(p))
     if overrides:
         data = _merge(data, parse_overrides(overrides))
         sources.append("overrides")

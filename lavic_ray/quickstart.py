@@ -19,12 +19,13 @@ import time
 from importlib import resources
 from pathlib import Path
 
+from lavic_ray import workflow
 from lavic_ray.artifacts import Artifacts, atomic_write_text, write_config
-from lavic_ray.config import LavicConfig, LavicRun, config_to_yaml, load_config
-from lavic_ray.data.layout import Catalog, read_conversations
-from lavic_ray.data.synthetic import MANIFEST_FILE, TRUTH_FILE, generate
+from lavic_ray.config import LavicConfig, load_config
+from lavic_ray.data.layout import Catalog
+from lavic_ray.data.synthetic import TRUTH_FILE
 from lavic_ray.data.validate import validate_root
-from lavic_ray.eval.evaluate import EvalContext, evaluate, format_table
+from lavic_ray.eval.evaluate import format_table
 
 log = logging.getLogger(__name__)
 
@@ -36,43 +37,6 @@ def quickstart_config(path: str | Path | None = None, overrides: list[str] | Non
     """The packaged preset, then an optional user file, then dotted overrides."""
     preset = Path(str(resources.files("lavic_ray.presets").joinpath(PRESET)))
     return load_config([preset, *([path] if path else [])], overrides)
-
-
-def ensure_synthetic_catalog(cfg: LavicConfig, directory: Path) -> Path:
-    """Synthesise the catalog into ``directory`` unless the same config already did."""
-    wanted = config_to_yaml(cfg.synth)
-    previous = directory / "config.yaml"
-    if (directory / MANIFEST_FILE).is_file() and previous.is_file() and previous.read_text() == wanted:
-        log.info("reusing the synthetic catalog in %s", directory)
-        return directory
-    log.info("synthesising the catalog into %s", directory)
-    generate(cfg.synth, directory, force=True)
-    return directory
-
-
-def ensure_model(cfg: LavicConfig, art: Artifacts, catalog: Path) -> str:
-    """Resolve ``small`` / ``tiny`` to a built checkpoint under the work directory."""
-    name = cfg.model.checkpoint
-    if name not in ("small", "tiny"):
-        return name
-    out = art.root / "models" / name
-    if (out / "config.json").is_file():
-        log.info("reusing the %s model in %s", name, out)
-        return str(out)
-    log.info("building the %s model into %s", name, out)
-    if name == "tiny":
-        from lavic_ray.model.checkpoints import build_tiny
-
-        build_tiny(out, seed=cfg.stage1.seed)
-    else:
-        from lavic_ray.model.small import build_small_model
-
-        build_small_model(catalog, out, seed=cfg.stage1.seed)
-    return str(out)
-
-
-def _done(stage_dir: Path) -> bool:
-    return (stage_dir / "adapter" / "adapter_config.json").is_file() and (stage_dir / "history.json").is_file()
 
 
 def _plot(histories: dict[str, list[dict]], path: Path) -> None:
@@ -99,13 +63,39 @@ def _plot(histories: dict[str, list[dict]], path: Path) -> None:
     plt.close(fig)
 
 
-def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> dict[str, dict]:
-    """Run the quickstart; return ``{method: metrics}`` on the synthetic test split."""
-    import ray
-
+def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
+    """Stage 1 between two probes of colour/pattern words generated from the 5 vectors (synthetic data only)."""
     from lavic_ray.eval.probe import probe_descriptions
-    from lavic_ray.pipeline.embed import run_embed
-    from lavic_ray.train.run import run_ray
+
+    truth_file = Path(cfg.dataset.root) / TRUTH_FILE
+    probe_file = art.root / "probe.json"
+    probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
+    if not truth_file.is_file():  # a real dataset: no attribute truth to probe against
+        if not workflow.stage_done(art.stage1):
+            timed("stage 1", workflow.stage1, cfg, art)
+        return {}
+    truth = json.loads(truth_file.read_text())["items"]
+    items = sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
+    if "before" not in probe:
+        probe["before"] = timed("probe before stage 1", probe_descriptions, cfg.model.checkpoint, cfg.dataset.root, items)
+        atomic_write_text(probe_file, json.dumps(probe, indent=1))  # kept if stage 1 is interrupted
+    if not workflow.stage_done(art.stage1):
+        timed("stage 1", workflow.stage1, cfg, art)
+        probe.pop("after", None)
+    if "after" not in probe:
+        probe["after"] = timed("probe after stage 1", probe_descriptions, cfg.model.checkpoint, cfg.dataset.root, items,
+                               art.stage1 / "adapter")
+    atomic_write_text(probe_file, json.dumps(probe, indent=1))
+    return probe
+
+
+def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> dict[str, dict]:
+    """Run every step into ``workdir``; return ``{method: metrics}`` on the test split.
+
+    The dataset is ``dataset.root`` when set (the pipeline job on a user's data), else
+    the synthetic catalog, made under ``workdir``.
+    """
+    import ray
 
     t_start = time.monotonic()
     timings: dict[str, float] = {}
@@ -117,59 +107,29 @@ def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> 
         log.info("quickstart: %s took %.0f s", name, timings[name])
         return out
 
+    cfg = cfg.model_copy(update={"storage_root": str(workdir)})
     art = Artifacts(workdir)
-    root = timed("synthetic catalog", ensure_synthetic_catalog, cfg, art.catalog)
+    timed("synthetic catalog", workflow.dataset_root, cfg, art, create=True)
+    cfg, art = timed("model", workflow.resolve, cfg, build=True)
+    root = Path(cfg.dataset.root)
     report = validate_root(root)
     if not report.ok:
-        raise ValueError("the synthetic catalog failed validation:\n" + report.render(20))
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": timed("model", ensure_model, cfg, art, root)}),
-                                 "dataset": cfg.dataset.model_copy(update={"root": str(root), "domain": cfg.synth.domain})})
+        raise ValueError(f"the dataset {root} failed validation:\n" + report.render(20))
     write_config(art.root, cfg)
     if not ray.is_initialized():
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True)
 
-    truth = json.loads((root / TRUTH_FILE).read_text())["items"]
-    probe_items = sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
-    stage1_dir = art.root / "stage1"
-    probe_file = art.root / "probe.json"
-    probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
-    if "before" not in probe:
-        probe["before"] = timed("probe before stage 1", probe_descriptions, cfg.model.checkpoint, root, probe_items)
-    if not _done(stage1_dir):
-        timed("stage 1", run_ray, "stage1", cfg, root, stage1_dir)
-        probe.pop("after", None)
-    if "after" not in probe:
-        probe["after"] = timed("probe after stage 1", probe_descriptions, cfg.model.checkpoint, root, probe_items, stage1_dir / "adapter")
-    atomic_write_text(probe_file, json.dumps(probe, indent=1))
-
-    tables = {"distilled": art.root / "items" / "distilled.parquet", "base": art.root / "items" / "undistilled.parquet"}
-    if not tables["distilled"].is_file():
-        timed("embed (distilled)", run_embed, cfg, root, tables["distilled"], stage1_dir / "adapter")
-    if not tables["base"].is_file():
-        timed("embed (undistilled)", run_embed, cfg, root, tables["base"], None)
-
-    variants = {
-        "lavic": (cfg, tables["distilled"]),
-        "lavic-title-only": (cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"use_images": False})}), None),
-        "lavic-no-distill": (cfg, tables["base"]),
-    }
-    runs = {}
-    for name, (vcfg, table) in variants.items():
-        d = art.root / "stage2" / name
-        if not _done(d):
-            timed(f"stage 2 ({name})", run_ray, "stage2", vcfg, root, d, table)
-        runs[name] = LavicRun(stage2_dir=str(d), table=str(table) if table else None)
-
-    ecfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"runs": runs})})
+    probe = _probe(cfg, art, timed)
+    for which in ("distilled", "undistilled"):
+        if not art.table(which).is_file():
+            timed(f"embed ({which})", workflow.embed, cfg, art, which)
+    runs = {name: (workflow.stage2(cfg, art, name) if workflow.stage_done(art.stage2(name))
+                   else timed(f"stage 2 ({name})", workflow.stage2, cfg, art, name)) for name in workflow.VARIANTS}
+    results = workflow.evaluate_methods(cfg, art, METHODS, runs, "test", timed)
     catalog = Catalog.load(root)
-    test_file = root / cfg.synth.domain / "test.jsonl"
-    convs = read_conversations(test_file)
-    ctx = EvalContext(ecfg, catalog)
-    results: dict[str, dict] = {}
-    for method in METHODS:
-        results[method] = timed(f"evaluate {method}", evaluate, convs, method, ecfg.eval.candidates_key, ctx, art.eval_dir(method))
+    test_file = root / cfg.dataset.domain / "test.jsonl"
 
-    histories = {"stage1": json.loads((stage1_dir / "history.json").read_text())}
+    histories = {"stage1": json.loads((art.stage1 / "history.json").read_text())}
     for name, r in runs.items():
         histories[f"stage2 {name}"] = json.loads((Path(r.stage2_dir) / "history.json").read_text())
     art.report.mkdir(parents=True, exist_ok=True)
@@ -182,6 +142,18 @@ def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> 
     return results
 
 
+def _probe_lines(probe: dict) -> list[str]:
+    return [
+        "## Stage 1: is the image in the 5 vectors?", "",
+        "Descriptions generated from the title + 5 vectors of 40 test-pool items; share naming the true colour / pattern first:", "",
+        "| | colour | pattern |", "|---|---|---|",
+        f"| before stage 1 | {probe['before']['colour_accuracy']:.3f} | {probe['before']['pattern_accuracy']:.3f} |",
+        f"| after stage 1 | {probe['after']['colour_accuracy']:.3f} | {probe['after']['pattern_accuracy']:.3f} |", "",
+        "Examples after stage 1:", "",
+        *[f"- {e['item_id']} (truth: {e['truth']}): {e['generated'][:200]}" for e in probe["after"]["examples"]], "",
+    ]
+
+
 def _write_report(art, cfg, results, probe, timings, catalog, test_file, histories) -> None:
     some = results["random"]
     s2 = cfg.stage2
@@ -190,7 +162,9 @@ def _write_report(art, cfg, results, probe, timings, catalog, test_file, histori
     target = "met" if hr >= 0.6 and gap >= 0.25 and timings["total"] < 1800 else "NOT met"
     lines = [
         "# lavic-ray quickstart report", "",
-        f"Model: `{cfg.model.checkpoint}`. Dataset: synthetic catalog ({len(catalog)} items, seed {cfg.synth.seed}); "
+        f"Model: `{cfg.model.checkpoint}`. Dataset: "
+        + (f"synthetic catalog ({len(catalog)} items, seed {cfg.synth.seed}); " if probe else f"`{cfg.dataset.root}` ({len(catalog)} items); ")
+        + 
         f"test split `{test_file}`: {some['conversations']} conversations, {some['gt_items']} ground-truth items; "
         f"candidates `{cfg.eval.candidates_key}` (SBERT over titles), ground truth in the list for {some['oracle_hr@10']:.1%} "
         "(oracle HR@10, the ceiling of any reranker).", "",
@@ -199,13 +173,7 @@ def _write_report(art, cfg, results, probe, timings, catalog, test_file, histori
         + f", {s2.epochs} epoch(s), lr {s2.lr}, LoRA r {s2.lora.r}; scores are likelihoods, so ValidRatio is 1 by construction.", "",
         format_table(results), "",
         "Ties count against the ground truth. The decisive attributes (colour, pattern) are only in the images.", "",
-        "## Stage 1: is the image in the 5 vectors?", "",
-        "Descriptions generated from the title + 5 vectors of 40 test-pool items; share naming the true colour / pattern first:", "",
-        "| | colour | pattern |", "|---|---|---|",
-        f"| before stage 1 | {probe['before']['colour_accuracy']:.3f} | {probe['before']['pattern_accuracy']:.3f} |",
-        f"| after stage 1 | {probe['after']['colour_accuracy']:.3f} | {probe['after']['pattern_accuracy']:.3f} |", "",
-        "Examples after stage 1:", "",
-        *[f"- {e['item_id']} (truth: {e['truth']}): {e['generated'][:200]}" for e in probe["after"]["examples"]], "",
+        *(_probe_lines(probe) if probe else []),
         "## Targets", "",
         f"LaViC HR@1 {hr:.4f} (target >= 0.6), {gap:+.4f} over title-only (target >= +0.25), total {timings['total'] / 60:.1f} min "
         f"(target < 30): **{target}**.", "",

@@ -69,3 +69,18 @@ def test_quickstart_preset_is_valid():
     cfg = quickstart_config(None, ["stage2.formulation=listwise"])
     assert cfg.model.checkpoint == "small" and cfg.stage2.formulation == "listwise"
     assert cfg.stage1.engine.kind == "deepspeed"
+
+
+def test_include_merges_the_named_file_first_relative_to_the_including_one(tmp_path):
+    (tmp_path / "base").mkdir()
+    (tmp_path / "base" / "b.yaml").write_text("stage2:\n  lr: 0.1\n  epochs: 3\n")
+    top = tmp_path / "top.yaml"
+    top.write_text("include: base/b.yaml\nstage2:\n  lr: 0.2\n")
+    cfg = load_config(top)
+    assert (cfg.stage2.lr, cfg.stage2.epochs) == (0.2, 3)
+    (tmp_path / "loop.yaml").write_text("include: loop.yaml\n")
+    with pytest.raises(ConfigError, match="include cycle"):
+        load_config(tmp_path / "loop.yaml")
+    (tmp_path / "missing.yaml").write_text("include: nowhere.yaml\n")
+    with pytest.raises(ConfigError, match="included from"):
+        load_config(tmp_path / "missing.yaml")

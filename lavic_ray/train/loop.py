@@ -19,7 +19,7 @@ import torch
 
 from lavic_ray.config import StageConfig
 from lavic_ray.train.engine import Engine, world
-from lavic_ray.train.reporting import Reporter
+from lavic_ray.train.reporting import Reporter, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ class TrainState:
     batch_in_epoch: int = 0
     best: float | None = None
     history: list[dict] = field(default_factory=list)
+    #: the step of each resumption from a checkpoint (a restarted worker, a rerun)
+    resumed_at: list[int] = field(default_factory=list)
 
 
 def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int) -> list[list[int]]:
@@ -66,11 +68,13 @@ def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int) -
     return [mine[i: i + mb] for i in range(0, len(mine), mb)]
 
 
-def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path) -> dict:
+def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, tracker: Tracker | None = None) -> dict:
     """Run a stage to the end (or ``max_steps``), resuming from the reporter's checkpoint.
 
-    Writes the best adapter to ``out_dir/adapter`` (rank 0) and returns the final metrics.
+    Writes the best adapter to ``out_dir/adapter`` (rank 0) and returns the final metrics;
+    ``tracker`` (rank 0's) receives every metric reported.
     """
+    tracker = tracker or Tracker()
     torch.manual_seed(cfg.seed)
     rank, size = world()
     module = task.module()
@@ -84,6 +88,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path) -> di
         if ckpt is not None:
             client = engine.load(ckpt)
             state = TrainState(**client["train_state"])
+            state.resumed_at.append(state.step)
             log.info("%s: resumed from %s at step %d (epoch %d, batch %d)", task.name, ckpt, state.step, state.epoch, state.batch_in_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
     ckpt_every = cfg.checkpoint_every or eval_every
@@ -120,6 +125,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path) -> di
                 metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}), **_validate(task, module, state, out_dir, rank)}
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+                tracker.log(metrics, state.step)
             want_ckpt = state.step % ckpt_every == 0 or state.step == total_steps
             if want_ckpt:
                 # every rank writes its own part (DeepSpeed shards); Ray Train merges what workers report
@@ -137,10 +143,13 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path) -> di
         else:
             state.epoch += 1
             state.batch_in_epoch = 0
+    tracker.close()
     final = state.history[-1] if state.history else {"step": state.step}
     if rank == 0:
         (out_dir).mkdir(parents=True, exist_ok=True)
         (out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
+        if state.resumed_at:
+            (out_dir / "resumed.json").write_text(json.dumps({"resumed_at_steps": state.resumed_at}))
         if not (out_dir / "adapter").is_dir():  # no validation improved on nothing: keep the last
             task.save_adapter(module, out_dir / "adapter")
     return final

@@ -105,3 +105,68 @@ class RayReporter(Reporter):
         else:
             with ckpt.as_directory() as d:
                 yield Path(d)
+
+
+class Tracker:
+    """Experiment tracking (rank 0 only): every metric the loop reports, against the optimizer step."""
+
+    def log(self, metrics: dict, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardTracker(Tracker):
+    def __init__(self, logdir: Path, params: dict):
+        from tensorboardX import SummaryWriter
+
+        self.writer = SummaryWriter(str(logdir))
+        self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in params.items()))
+
+    def log(self, metrics: dict, step: int) -> None:
+        for k, v in metrics.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+                self.writer.add_scalar(k, v, step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class MLflowTracker(Tracker):
+    def __init__(self, uri: str, experiment: str, run_name: str, params: dict):
+        try:
+            import mlflow
+        except ImportError as e:
+            raise ImportError("tracking.backend=mlflow needs MLflow: pip install 'lavic-ray[mlflow]'") from e
+        self.mlflow = mlflow
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(experiment)
+        self.run = mlflow.start_run(run_name=run_name)
+        mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+
+    def log(self, metrics: dict, step: int) -> None:
+        self.mlflow.log_metrics({k.replace("@", "_at_"): float(v) for k, v in metrics.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}, step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def make_tracker(cfg, stage_dir: Path, run_name: str, params: dict, storage_root: str | Path) -> Tracker:
+    """The tracker ``tracking.backend`` asks for (a no-op for ``none``).
+
+    Args:
+        cfg: The :class:`lavic_ray.config.TrackingConfig`.
+        stage_dir: The stage's output directory (TensorBoard logs go to ``<stage_dir>/tensorboard`` by default).
+        run_name: The run's name in the tracker.
+        params: Flat configuration values to record with the run.
+        storage_root: The MLflow file store defaults to ``<storage_root>/mlruns``.
+    """
+    if cfg.backend == "tensorboard":
+        return TensorBoardTracker(Path(cfg.uri) / run_name if cfg.uri else Path(stage_dir) / "tensorboard", params)
+    if cfg.backend == "mlflow":
+        uri = cfg.uri or Path(storage_root, "mlruns").resolve().as_uri()
+        return MLflowTracker(uri, cfg.experiment, run_name, params)
+    return Tracker()

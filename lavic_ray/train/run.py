@@ -34,6 +34,14 @@ def _make_task(stage: Stage, cfg: LavicConfig, catalog: str, table: str | None):
     return Stage2Task(cfg, catalog, table)
 
 
+def _tracker(stage: Stage, cfg: LavicConfig, out_dir: Path):
+    from lavic_ray.train.reporting import make_tracker
+
+    flat = {f"{stage}.{k}": v for k, v in _stage_cfg(cfg, stage).model_dump(mode="json").items()}
+    flat["model.checkpoint"] = cfg.model.checkpoint
+    return make_tracker(cfg.tracking, out_dir, f"{stage}-{out_dir.name}", flat, cfg.storage_root)
+
+
 def run_local(stage: Stage, cfg: LavicConfig, catalog: str | Path, out_dir: str | Path, table: str | Path | None = None) -> dict:
     """One process, no Ray: for a single GPU, a benchmark, or a machine without Ray."""
     from lavic_ray.train.loop import train
@@ -42,7 +50,7 @@ def run_local(stage: Stage, cfg: LavicConfig, catalog: str | Path, out_dir: str 
     out_dir = Path(out_dir)
     write_config(out_dir, cfg)
     task = _make_task(stage, cfg, str(catalog), str(table) if table else None)
-    return train(task, _stage_cfg(cfg, stage), LocalReporter(out_dir / "run"), out_dir)
+    return train(task, _stage_cfg(cfg, stage), LocalReporter(out_dir / "run"), out_dir, _tracker(stage, cfg, out_dir))
 
 
 def _worker(config: dict) -> None:
@@ -58,14 +66,28 @@ def _worker(config: dict) -> None:
     if not scfg.use_gpu:
         torch.set_num_threads(max(1, int(scfg.cpus_per_worker)))
     task = _make_task(stage, cfg, config["catalog"], config["table"])
-    train(task, scfg, RayReporter(), Path(config["out_dir"]))
+    reporter = RayReporter()
+    out_dir = Path(config["out_dir"])
+    train(task, scfg, reporter, out_dir, _tracker(stage, cfg, out_dir) if reporter.rank == 0 else None)
+
+
+def _absolute_paths(cfg: LavicConfig) -> LavicConfig:
+    """The config with local paths made absolute: Ray Train workers do not run in this directory."""
+    upd = {}
+    if Path(cfg.model.checkpoint).exists():
+        upd["model"] = cfg.model.model_copy(update={"checkpoint": str(Path(cfg.model.checkpoint).resolve())})
+    if cfg.dataset.root and Path(cfg.dataset.root).exists():
+        upd["dataset"] = cfg.dataset.model_copy(update={"root": str(Path(cfg.dataset.root).resolve())})
+    return cfg.model_copy(update=upd) if upd else cfg
 
 
 def run_ray(stage: Stage, cfg: LavicConfig, catalog: str | Path, out_dir: str | Path, table: str | Path | None = None,
-            max_failures: int = 0, resume: bool = True):
+            max_failures: int = 0, resume: bool = True, callbacks: list | None = None):
     """Run the stage on Ray Train (``TorchTrainer``, one worker per ``num_workers``).
 
-    Re-running with the same ``out_dir`` resumes from the run's latest checkpoint.
+    Re-running with the same ``out_dir`` resumes from the run's latest checkpoint, and so
+    does a run whose worker died, up to ``max_failures`` times (``FailureConfig``).
+    ``callbacks`` go to the run config (Ray Tune passes its ``TuneReportCallback``).
     Returns the ``ray.train.Result``.
     """
     import ray
@@ -74,6 +96,7 @@ def run_ray(stage: Stage, cfg: LavicConfig, catalog: str | Path, out_dir: str | 
 
     scfg = _stage_cfg(cfg, stage)
     out_dir = Path(out_dir).resolve()
+    cfg = _absolute_paths(cfg)
     write_config(out_dir, cfg)
     if not ray.is_initialized():
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
@@ -84,6 +107,7 @@ def run_ray(stage: Stage, cfg: LavicConfig, catalog: str | Path, out_dir: str | 
         storage_path=str(storage),
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         failure_config=FailureConfig(max_failures=max_failures),
+        callbacks=callbacks or None,
     )
     kwargs = dict(
         train_loop_per_worker=_worker,

@@ -12,25 +12,27 @@ KEYS = {"conversations", "hr@1", "hr@1_per_gt_item", "ndcg@10", "valid_ratio", "
 
 
 def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
-    cmd = [sys.executable, "-m", "lavic_ray.cli", "quickstart", "--workdir", str(tmp_path), "--json",
+    workdir = tmp_path / "runs" / "qs"
+    # a relative work directory, as in the README: Ray workers run elsewhere and must get absolute paths
+    cmd = [sys.executable, "-m", "lavic_ray.cli", "quickstart", "--workdir", "runs/qs", "--json",
            "--set", "model.checkpoint=tiny", "--set", "synth.items=96", "--set", "synth.conversations=60",
            "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=2", "--set", "stage1.engine.kind=torch",
            "--set", "stage2.engine.kind=torch"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     assert {"lavic", "lavic-title-only", "lavic-no-distill", "sbert", "bm25", "random"} <= set(results)
     for m in results.values():
         assert KEYS <= set(m)
     assert results["lavic"]["valid_ratio"] == 1.0
-    report = (tmp_path / "report" / "report.md").read_text()
+    report = (workdir / "report" / "report.md").read_text()
     assert "| lavic |" in report and "before stage 1" in report and "pointwise" in report
-    assert (tmp_path / "report" / "training_curves.png").stat().st_size > 1000
+    assert (workdir / "report" / "training_curves.png").stat().st_size > 1000
     for d in ("stage1", "stage2/lavic", "stage2/lavic-title-only", "stage2/lavic-no-distill"):
-        assert (tmp_path / d / "adapter" / "adapter_config.json").is_file(), d
-        assert (tmp_path / d / "config.yaml").is_file()
+        assert (workdir / d / "adapter" / "adapter_config.json").is_file(), d
+        assert (workdir / d / "config.yaml").is_file()
     # a rerun finds every artifact in place and only re-evaluates
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads(again.stdout.strip().splitlines()[-1]) == results
     assert "stage 1 took" not in again.stderr

@@ -30,6 +30,34 @@ def test_stage1_resumes_from_its_last_checkpoint(tmp_path, tiny_dir, synth_root)
     history = json.loads((out / "history.json").read_text())
     assert [h["step"] for h in history if "train_loss" in h] == [1, 2, 3, 4]
     assert "valid_ppl" in history[-1]
+    assert json.loads((out / "resumed.json").read_text()) == {"resumed_at_steps": [2]}
+
+
+def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of TensorBoard event files (TFRecord frames: length, crc, event proto, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict = {}
+    for f in sorted(logdir.glob("events.out.tfevents.*")):
+        data, pos = f.read_bytes(), 0
+        while pos < len(data):
+            (n,) = struct.unpack("<Q", data[pos: pos + 8])
+            ev = event_pb2.Event.FromString(data[pos + 12: pos + 12 + n])
+            pos += 12 + n + 4
+            for v in ev.summary.value:
+                if v.HasField("simple_value"):
+                    out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def test_tensorboard_tracking_records_every_reported_metric(tmp_path, tiny_dir, synth_root):
+    out = tmp_path / "s1"
+    run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=2", "tracking.backend=tensorboard"), synth_root, out)
+    scalars = read_scalars(out / "tensorboard")
+    assert [step for step, _ in scalars["train_loss"]] == [1, 2]
+    assert [step for step, _ in scalars["valid_ppl"]] == [2]
 
 
 def test_an_interrupted_checkpoint_never_replaces_the_last_good_one(tmp_path):

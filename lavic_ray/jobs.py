@@ -1,0 +1,115 @@
+"""What ``jobs/<job>.py`` runs under ``ray job submit``: a preset, dotted overrides, one workflow step.
+
+    ray job submit --working-dir . -- python jobs/distill.py --config jobs/configs/distill_small.yaml stage1.epochs=3
+
+The same command works against a local ``ray start --head`` and, unchanged, against a
+remote cluster (``RAY_ADDRESS`` / ``--address``): the job's driver connects to the
+cluster it was submitted to, and Ray Train / Ray Data place the work on its nodes.
+Run without ``ray job submit`` (``python jobs/distill.py ...``) it starts a local Ray.
+
+Every job reads and writes under ``storage_root`` (see :mod:`lavic_ray.workflow`), so
+the jobs chain: distill -> embed -> recommend -> evaluate, or pipeline for all of them.
+On a multi-node cluster, ``storage_root`` must be storage every node sees (NFS, a
+shared volume), as Ray Train's checkpoints are written there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable
+
+from lavic_ray import workflow
+from lavic_ray.config import LavicConfig, load_config
+
+log = logging.getLogger("lavic.jobs")
+
+
+def distill(cfg: LavicConfig) -> dict:
+    """Stage 1: visual knowledge self-distillation on Ray Train (LoRA on the vision tower + projector)."""
+    cfg, art = workflow.resolve(cfg)
+    d = workflow.stage1(cfg, art)
+    return {"stage1": str(d), "adapter": str(d / "adapter")}
+
+
+def embed(cfg: LavicConfig) -> dict:
+    """The item embedding table (Ray Data actor pool): distilled, or undistilled for job.variant=lavic-no-distill."""
+    cfg, art = workflow.resolve(cfg)
+    which = "undistilled" if cfg.job.variant == "lavic-no-distill" else "distilled"
+    return {"table": str(workflow.embed(cfg, art, which))}
+
+
+def recommend(cfg: LavicConfig) -> dict:
+    """Stage 2: recommendation fine-tuning on Ray Train (LoRA on the LLM) of job.variant."""
+    cfg, art = workflow.resolve(cfg)
+    return workflow.stage2(cfg, art, cfg.job.variant).model_dump()
+
+
+def evaluate(cfg: LavicConfig) -> dict:
+    """Every method in eval.methods on job.split: metrics, predictions, config under eval/."""
+    cfg, art = workflow.resolve(cfg)
+    runs = workflow.trained_runs(art)
+    lavic = [m for m in cfg.eval.methods if m.startswith("lavic")]
+    missing = [m for m in lavic if m not in runs and m not in cfg.eval.runs]
+    if missing:
+        raise FileNotFoundError(f"eval.methods names {missing}, but no such stage-2 run is trained under {art.root} "
+                                "(run jobs/recommend.py with job.variant=<method>)")
+    return workflow.evaluate_methods(cfg, art, cfg.eval.methods, runs, cfg.job.split)
+
+
+def pipeline(cfg: LavicConfig) -> dict:
+    """Every step in order (the quickstart chain on any preset), with a report."""
+    from lavic_ray.quickstart import run_quickstart
+
+    return run_quickstart(cfg, cfg.storage_root, echo=False)
+
+
+def tune(cfg: LavicConfig) -> dict:
+    """A Ray Tune search over stage 1 or stage 2 (tune.*), each trial a Ray Train run; writes the best preset."""
+    from lavic_ray.tune import run_tune
+
+    cfg, art = workflow.resolve(cfg)
+    return run_tune(cfg, art)
+
+
+JOBS: dict[str, Callable[[LavicConfig], dict]] = {
+    "distill": distill, "embed": embed, "recommend": recommend, "evaluate": evaluate, "pipeline": pipeline, "tune": tune,
+}
+
+
+def parser(job: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"jobs/{job}.py", description=(JOBS[job].__doc__ or __doc__).strip().splitlines()[0])
+    p.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
+                   help="preset(s), merged in order (jobs/configs/*.yaml)")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, applied last")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, set by `ray job submit`; else a local Ray)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(job: str, argv: list[str] | None = None) -> int:
+    """Run job ``job``; the last line printed is its result as JSON. Exit 2 on a bad config or input."""
+    from lavic_ray.config import ConfigError
+    from lavic_ray.data.records import DataError
+
+    args = parser(job).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        cfg = load_config(args.config or None, args.overrides)
+        if job != "pipeline":  # missing inputs fail here, before a cluster is joined
+            workflow.resolve(cfg)
+        import ray
+
+        if not ray.is_initialized():
+            # the dashboard's state API lets Ray Train free the resources of workers that died
+            ray.init(address=args.address, include_dashboard=True, dashboard_host="127.0.0.1", ignore_reinit_error=True)
+        log.info("job %s: storage_root %s, model %s", job, cfg.storage_root, cfg.model.checkpoint)
+        result = JOBS[job](cfg)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        print(f"jobs/{job}.py: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, default=str))
+    return 0

@@ -1,0 +1,90 @@
+"""Cluster operation on a local Ray: a Ray Tune search of Ray Train trials, and the job entry points."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lavic_ray.config import load_config
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_a_four_trial_tune_search_on_two_cpus_writes_results_and_a_ready_preset(tmp_path, tiny_dir, synth_root):
+    import ray
+
+    from lavic_ray.tune import run_tune
+    from lavic_ray.workflow import resolve
+
+    cfg = load_config(REPO / "jobs" / "configs" / "tune_small.yaml", [
+        f"storage_root={tmp_path}", f"dataset.root={synth_root}", f"model.checkpoint={tiny_dir}",
+        "job.variant=lavic-title-only", "stage2.max_steps=4", "stage2.eval_every=2", "stage2.eval_limit=4",
+        "stage2.engine.kind=torch", "stage2.engine.micro_batch_size=2", "tune.grace_period=2", "tune.num_samples=4"])
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", ignore_reinit_error=True)
+    try:
+        cfg, art = resolve(cfg)
+        out = run_tune(cfg, art)
+    finally:
+        ray.shutdown()
+    assert out["trials"] == 4 and set(out["best"]) == set(cfg.tune.space)
+    table = (tmp_path / "tune" / "stage2" / "results.md").read_text().splitlines()
+    assert len(table) == 2 + 4 and "valid_hr@1" in table[0]
+    best = load_config(out["preset"])  # a whole, valid preset
+    assert best.stage2.lr == pytest.approx(out["best"]["stage2.lr"]) and best.stage2.lora.r == out["best"]["stage2.lora.r"]
+    trials = list((tmp_path / "tune" / "stage2" / "trials").iterdir())
+    assert len(trials) == 4 and all((t / "config.yaml").is_file() for t in trials)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A local `ray start --head` cluster (2 CPUs), as a user would start one."""
+    bin_dir = Path(sys.executable).parent
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    port, dash = _free_port(), _free_port()
+    ray_cli = str(bin_dir / "ray")
+    start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
+                            f"--dashboard-port={dash}", "--disable-usage-stats"], env=env, capture_output=True, text=True,
+                           timeout=180)
+    assert start.returncode == 0, start.stderr[-3000:]
+    yield env, f"http://127.0.0.1:{dash}"
+    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_ray_job_submit_runs_the_pipeline_then_a_single_stage_job(head, tmp_path):
+    env, address = head
+    storage = tmp_path / "runs"
+    tiny = ["model.checkpoint=tiny", "synth.items=96", "synth.conversations=60", "stage1.max_steps=2", "stage2.max_steps=2",
+            "stage1.engine.kind=torch", "stage2.engine.kind=torch", f"storage_root={storage}"]
+
+    def submit(job: str, *overrides: str) -> subprocess.CompletedProcess:
+        cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+               "--", "python", f"jobs/{job}.py", "--config", f"jobs/configs/{job}_small.yaml", *tiny, *overrides]
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+
+    done = submit("pipeline")
+    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
+    for d in ("stage1", "stage2/lavic", "stage2/lavic-title-only", "stage2/lavic-no-distill"):
+        assert (storage / d / "adapter" / "adapter_config.json").is_file(), d
+    assert (storage / "report" / "report.md").is_file()
+    # a single-stage job picks up the pipeline's artifacts: retrain one variant, with an override
+    shutil.rmtree(storage / "stage2" / "lavic-title-only")
+    again = submit("recommend", "job.variant=lavic-title-only", "stage2.max_steps=3")
+    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
+    result = json.loads([line for line in again.stdout.splitlines() if line.startswith("{")][-1])
+    assert result["stage2_dir"].endswith("stage2/lavic-title-only") and result["table"] is None
+    history = json.loads((storage / "stage2" / "lavic-title-only" / "history.json").read_text())
+    assert max(h["step"] for h in history) == 3
