@@ -17,7 +17,7 @@ exact; LoRA is attached with the presets' targets to count what trains.
 
     python bench/memory_a100.py            # prints the table (markdown), writes bench/results/memory_a100.json
 
-The GPU check of these numbers is bench/gpu_memory_7b.py (peak memory of real steps).
+The GPU check of these numbers is bench/gpu_7b.py (peak memory of real steps under a 40 GiB cap).
 """
 
 from __future__ import annotations
