@@ -172,7 +172,7 @@ def main() -> int:
     from ray import serve
 
     from lavic_ray.data.layout import read_conversations
-    from lavic_ray.serve.app import build_app, read_serve_config
+    from lavic_ray.serve.app import compose_app, read_serve_config
 
     w = Path(a.workdir)
     cfgapp = read_serve_config(a.serve_config, {"stage2_dir": str(w / "stage2" / "lavic"), "table": str(w / "items" / "distilled.parquet"),
@@ -199,7 +199,7 @@ def main() -> int:
         naive_cls = make_naive_reranker(stage1, args.catalog)
         compare = {}
         for name, dep in (("lavic", None), ("naive", naive_cls)):
-            serve.run(build_app(rargs, {**small, "Reranker": one}, reranker=dep), name="bench", route_prefix="/")
+            serve.run(compose_app(rargs, {**small, "Reranker": one}, reranker=dep), name="bench", route_prefix="/")
             wait_healthy(url)
             if name == "naive":
                 h = serve.get_deployment_handle("Reranker", app_name="bench")
@@ -223,7 +223,7 @@ def main() -> int:
         print("ratios (lavic / naive throughput):", compare["ratio_throughput"], flush=True)
 
     if "autoscale" not in skip or "chaos" not in skip:
-        serve.run(build_app(args, cfgapp.options), name="bench", route_prefix="/")
+        serve.run(compose_app(args, cfgapp.options), name="bench", route_prefix="/")
         wait_healthy(url)
         load(url, bodies, 2, 4, 60)
 

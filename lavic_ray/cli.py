@@ -173,7 +173,7 @@ def _kv(pairs: list[str]) -> dict:
 def cmd_serve(args) -> int:
     import time
 
-    from lavic_ray.serve.app import build_app, read_serve_config
+    from lavic_ray.serve.app import compose_app, read_serve_config
 
     overrides = _kv(args.arg)
     if args.workdir:
@@ -191,7 +191,7 @@ def cmd_serve(args) -> int:
 
     ray.init(address=args.address, include_dashboard=False, ignore_reinit_error=True)
     serve.start(http_options=http)
-    serve.run(build_app(app.args, app.options), name=app.name, route_prefix=app.route_prefix, blocking=False)
+    serve.run(compose_app(app.args, app.options), name=app.name, route_prefix=app.route_prefix, blocking=False)
     url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
     print(f"lavic serve: {app.name} up at {url}  (POST /recommend, GET /healthz, docs at {url}/docs)", flush=True)
     if args.detach:

@@ -11,8 +11,9 @@ text over the limit, bad fields) a 422, each with a message naming what to fix.
 A replica that dies under a request is retried on another one (twice); only when
 that fails too does the client see a 503.
 
-Build it with ``build_app(ServeArgs(...))`` or from a Serve config
-(``import_path: lavic_ray.serve.app:build_app`` with ``args:``).
+Build it from a Serve config (``serve run``/``serve deploy``,
+``import_path: lavic_ray.serve.app:build_app`` with ``args:``), or in Python with
+``compose_app(args, options)``.
 """
 
 
@@ -189,8 +190,18 @@ def make_ingress():
 DEPLOYMENT_NAMES = ("LavicIngress", "Retriever", "Reranker")
 
 
-def build_app(args: ServeArgs, options: dict[str, dict] | None = None, reranker: serve.Deployment | None = None) -> serve.Application:
-    """The Serve application: ``LavicIngress`` -> ``Retriever`` and ``Reranker``.
+def build_app(args: ServeArgs) -> serve.Application:
+    """Serve's application builder: ``import_path: lavic_ray.serve.app:build_app`` in a Serve config.
+
+    Serve calls it with the config's ``args`` (validated into :class:`ServeArgs`; Serve requires
+    a builder of exactly one parameter) and applies the config's ``deployments:`` options itself.
+    """
+    return compose_app(args)
+
+
+def compose_app(args: ServeArgs | dict, options: dict[str, dict] | None = None,
+                reranker: serve.Deployment | None = None) -> serve.Application:
+    """The Serve application: ``LavicIngress`` -> ``Retriever`` and ``Reranker``, for building in Python.
 
     Args:
         args: Typed arguments (a dict is validated into :class:`ServeArgs`); paths are made absolute.

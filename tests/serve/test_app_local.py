@@ -102,3 +102,4 @@ def test_healthz_and_info(handle):
     assert handle.healthz.remote().result()["status"] == "ok"
     info = handle.info.remote().result()
     assert info["reranker"]["formulation"] == "listwise" and info["reranker"]["table_items"] == 192
+

@@ -23,13 +23,13 @@ def url(serve_args):
     import ray
     from ray import serve
 
-    from lavic_ray.serve.app import build_app
+    from lavic_ray.serve.app import compose_app
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     options = {"Reranker": {"ray_actor_options": {"num_cpus": 0.5}}, "Retriever": {"ray_actor_options": {"num_cpus": 0.2}}}
-    serve.run(build_app(serve_args, options), name="lavic", route_prefix="/")
+    serve.run(compose_app(serve_args, options), name="lavic", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     yield base
     serve.shutdown()
@@ -120,3 +120,16 @@ def test_killed_reranker_replica_recovers_under_load(url, served_run):
     assert results[-8:] == [200] * 8, results[-20:]
     after = requests.post(f"{url}/recommend", json=body, timeout=60)
     assert after.status_code == 200
+
+
+def test_build_app_is_a_serve_config_builder(serve_args):
+    """`serve run`/`serve deploy` call the import path with the config's args dict: Serve accepts
+    only a one-parameter builder, and validates the dict into its annotated type."""
+    from ray.serve._private.api import call_user_app_builder_with_args_if_necessary
+
+    from lavic_ray.serve.app import build_app
+
+    app = call_user_app_builder_with_args_if_necessary(build_app, serve_args.model_dump(mode="json"))
+    assert app is not None
+    with pytest.raises(Exception):
+        call_user_app_builder_with_args_if_necessary(build_app, {"stage2_dir": "/nonexistent"})
