@@ -73,6 +73,14 @@ class Artifacts:
         return self.root / "models" / name
 
     @property
+    def preprocessed(self) -> Path:
+        return self.root / "preprocessed"
+
+    @property
+    def descriptions(self) -> Path:
+        return self.root / "descriptions"
+
+    @property
     def stage1(self) -> Path:
         return self.root / "stage1"
 

@@ -138,6 +138,32 @@ def cmd_recommend(args) -> int:
     return _run_stage(args, "stage2")
 
 
+def cmd_preprocess(args) -> int:
+    from lavic_ray.pipeline.preprocess import run_preprocess
+
+    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    m = run_preprocess(cfg, args.catalog, args.out, use_ray=not args.no_ray)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"{m['images']} images: {m['ok']} ok, {m['bad']} bad {m['bad_by_reason'] or ''} -> {args.out} "
+              f"(bad_images.jsonl, manifest.json); this run: {m['processed_this_run']} images in {m['seconds_this_run']} s")
+    return 0
+
+
+def cmd_describe(args) -> int:
+    from lavic_ray.pipeline.describe import run_describe
+
+    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    m = run_describe(cfg, args.catalog, args.out, use_ray=not args.no_ray)
+    if args.json:
+        print(json.dumps(m))
+    else:
+        print(f"described {m['described_this_run']} images ({m['images_per_s']} images/s, {m['tokens_per_s']} tokens/s); "
+              f"{m['skipped']} already described, {len(m['unreadable'])} unreadable -> {m['file']}")
+    return 0
+
+
 def cmd_embed(args) -> int:
     from lavic_ray.pipeline.embed import run_embed
 
@@ -282,6 +308,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         _config_args(p)
         p.set_defaults(fn=fn)
+
+    p = sub.add_parser("preprocess", help="decode, validate and tile every image into Parquet shards (Ray Data); "
+                                          "fetches image URLs; bad images listed with their reason")
+    p.add_argument("--catalog", required=True, help="dataset root (item metadata; images/ or image URLs)")
+    p.add_argument("--out", required=True, help="output directory (a rerun skips finished shards)")
+    p.add_argument("--checkpoint", help="the checkpoint whose image processor tiles (default model.checkpoint)")
+    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--json", action="store_true")
+    _config_args(p)
+    p.set_defaults(fn=cmd_preprocess)
+
+    p = sub.add_parser("describe", help="teacher descriptions from the full-token VLM (Ray Data actor pool)")
+    p.add_argument("--catalog", required=True)
+    p.add_argument("--out", required=True, help="output directory (descriptions.parquet; a rerun skips done images)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--json", action="store_true")
+    _config_args(p)
+    p.set_defaults(fn=cmd_describe)
 
     p = sub.add_parser("embed", help="the item embedding table: every item's 5 vectors, computed once (Ray Data)")
     p.add_argument("--catalog", required=True)

@@ -64,6 +64,7 @@ class DatasetConfig(Strict):
     root: str | None = None
     domain: str = "synthetic"
     images_dir: str | None = None
+    descriptions: str | None = Field(None, description="descriptions.parquet from lavic describe; overrides the metadata's")
 
 
 class RetrievalConfig(Strict):
@@ -206,6 +207,46 @@ class TuneConfig(Strict):
     seed: int = 0
 
 
+class FetchConfig(Strict):
+    """Fetching images by URL (``lavic preprocess``): bounded, timed out, retried with backoff."""
+
+    concurrency: int = Field(8, ge=1, description="requests in flight per preprocess worker")
+    timeout_s: float = Field(10.0, gt=0)
+    retries: int = Field(3, ge=0, description="further attempts after timeouts, 5xx/429 and truncated bodies")
+    backoff_s: float = Field(0.5, ge=0, description="first wait between attempts; doubles each time")
+    max_bytes: int = Field(20 * 2**20, ge=1)
+
+
+class PreprocessConfig(Strict):
+    """``lavic preprocess``: decode, validate and tile every image into Parquet shards (Ray Data)."""
+
+    shard_size: int = Field(256, ge=1, description="images per output shard (the unit a rerun skips)")
+    workers: int = Field(2, ge=1, description="concurrent shard tasks")
+    cpus_per_worker: float = Field(1.0, gt=0)
+    store_views: bool = Field(True, description="keep the tiled views (float16) in the shards")
+    fetch: FetchConfig = FetchConfig()
+
+
+class DescribeConfig(Strict):
+    """``lavic describe``: teacher descriptions from the full-token VLM (Ray Data actor pool)."""
+
+    #: Text before and after the image's tokens; ``{title}`` is replaced by the item's title. The
+    #: default is the paper's instruction (a detailed, visually grounded description that does not
+    #: repeat the title); the small preset uses the prompt its vision side was trained with.
+    prefix: str = ("You are a helpful assistant.\nGiven an Amazon product's title and its image, please provide a detailed, "
+                   "visually grounded description of the product that would help someone decide whether to purchase it. "
+                   "Focus on the product's appearance, features, and any other visually informative aspects. "
+                   "Do not mention the product's title in your answer. This product's title is: {title}\n")
+    suffix: str = "\n\nAssistant:"
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(8, ge=1)
+    actors: int = Field(1, ge=1)
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0)
+    overwrite: bool = Field(False, description="describe images that already have a description too")
+    limit: int | None = Field(None, ge=1, description="describe at most this many images (benchmarks, trials)")
+
+
 class LavicConfig(Strict):
     """The whole system's configuration."""
 
@@ -220,6 +261,8 @@ class LavicConfig(Strict):
     job: JobConfig = JobConfig()
     tracking: TrackingConfig = TrackingConfig()
     tune: TuneConfig = TuneConfig()
+    preprocess: PreprocessConfig = PreprocessConfig()
+    describe: DescribeConfig = DescribeConfig()
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

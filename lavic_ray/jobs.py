@@ -8,7 +8,8 @@ cluster it was submitted to, and Ray Train / Ray Data place the work on its node
 Run without ``ray job submit`` (``python jobs/distill.py ...``) it starts a local Ray.
 
 Every job reads and writes under ``storage_root`` (see :mod:`lavic_ray.workflow`), so
-the jobs chain: distill -> embed -> recommend -> evaluate, or pipeline for all of them.
+the jobs chain: preprocess -> describe -> distill -> embed -> recommend -> evaluate, or pipeline
+(the quickstart chain: synthetic catalog with descriptions, distill ... evaluate).
 On a multi-node cluster, ``storage_root`` must be storage every node sees (NFS, a
 shared volume), as Ray Train's checkpoints are written there.
 """
@@ -25,6 +26,22 @@ from lavic_ray import workflow
 from lavic_ray.config import LavicConfig, load_config
 
 log = logging.getLogger("lavic.jobs")
+
+
+def preprocess(cfg: LavicConfig) -> dict:
+    """Decode, validate and tile every image into Parquet shards (Ray Data); bad images listed with their reason."""
+    from lavic_ray.pipeline.preprocess import run_preprocess
+
+    cfg, art = workflow.resolve(cfg)
+    return {"out": str(art.preprocessed), **run_preprocess(cfg, cfg.dataset.root, art.preprocessed)}
+
+
+def describe(cfg: LavicConfig) -> dict:
+    """Teacher descriptions from the full-token VLM (Ray Data actor pool); stage 1 reads them with dataset.descriptions."""
+    from lavic_ray.pipeline.describe import run_describe
+
+    cfg, art = workflow.resolve(cfg)
+    return run_describe(cfg, cfg.dataset.root, art.descriptions)
 
 
 def distill(cfg: LavicConfig) -> dict:
@@ -75,7 +92,7 @@ def tune(cfg: LavicConfig) -> dict:
 
 
 JOBS: dict[str, Callable[[LavicConfig], dict]] = {
-    "distill": distill, "embed": embed, "recommend": recommend, "evaluate": evaluate, "pipeline": pipeline, "tune": tune,
+    "preprocess": preprocess, "describe": describe, "distill": distill, "embed": embed, "recommend": recommend, "evaluate": evaluate, "pipeline": pipeline, "tune": tune,
 }
 
 

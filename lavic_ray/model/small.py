@@ -26,19 +26,29 @@ from lavic_ray.model.views import ViewCache, num_real_views, pixel_views
 log = logging.getLogger(__name__)
 
 
-def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: torch.Tensor, sizes: torch.Tensor):
-    """Embeddings ``[prompt, all image tokens, cue, description, EOS]`` and labels, right-padded."""
-    model = ck.model
+#: The full-token prompt the small model's vision side is trained with (and ``lavic describe`` uses on it).
+FULL_TOKEN_PREFIX = "Product image:"
+FULL_TOKEN_SUFFIX = "\nDescribe what the image shows.\nDescription:"
+
+
+def full_token_features(model, px: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
+    """LLaVA-Next's full image tokens (every view, packed), one ``(tokens, hidden)`` tensor per image."""
     feats = model.model.get_image_features(pixel_values=px, image_sizes=sizes,
                                            vision_feature_layer=model.config.vision_feature_layer,
                                            vision_feature_select_strategy=model.config.vision_feature_select_strategy)
-    feats = feats.pooler_output if hasattr(feats, "pooler_output") else feats
+    return list(feats.pooler_output if hasattr(feats, "pooler_output") else feats)
+
+
+def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: torch.Tensor, sizes: torch.Tensor):
+    """Embeddings ``[prompt, all image tokens, cue, description, EOS]`` and labels, right-padded."""
+    model = ck.model
+    feats = full_token_features(model, px, sizes)
     emb = model.get_input_embeddings()
     tok = ck.tokenizer
     rows, labels = [], []
     for (title, desc), f in zip(titles_desc, feats):
-        pre = tok("Product image:", add_special_tokens=False)["input_ids"]
-        cue = tok("\nDescribe what the image shows.\nDescription:", add_special_tokens=False)["input_ids"]
+        pre = tok(FULL_TOKEN_PREFIX, add_special_tokens=False)["input_ids"]
+        cue = tok(FULL_TOKEN_SUFFIX, add_special_tokens=False)["input_ids"]
         tgt = tok(" " + desc, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         e = torch.cat([emb(torch.tensor(pre)), f, emb(torch.tensor(cue + tgt))])
         rows.append(e)

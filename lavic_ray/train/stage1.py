@@ -54,7 +54,12 @@ class Stage1Task(Task):
         self.scfg = cfg.stage1
         self.model, self.ck = build_lavic(cfg, self.scfg, "vision")
         self.builder = PromptBuilder(self.ck.tokenizer, self.ck.image_token_id, self.scfg.max_length)
-        examples = stage1_examples(Catalog.load(catalog_root))
+        catalog = Catalog.load(catalog_root, cfg.dataset.images_dir)
+        if cfg.dataset.descriptions:  # teacher descriptions from lavic describe
+            from lavic_ray.pipeline.describe import apply_descriptions
+
+            catalog = apply_descriptions(catalog, cfg.dataset.descriptions)
+        examples = stage1_examples(catalog)
         if not examples:
             raise ValueError(f"no image with a description in {catalog_root}: stage 1 has nothing to distil (run lavic describe)")
         self.train_set = [e for e in examples if not is_heldout(e.item_id, self.scfg.valid_fraction)]
