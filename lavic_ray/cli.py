@@ -169,7 +169,7 @@ def cmd_embed(args) -> int:
 
     cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
     out = run_embed(cfg, args.catalog, args.out, adapter=args.adapter, use_ray=not args.no_ray,
-                    batch_size=args.batch_size, actors=args.actors)
+                    batch_size=args.batch_size, actors=args.actors, views=args.views)
     print(f"item embedding table written to {out}")
     return 0
 
@@ -332,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--catalog", required=True)
     p.add_argument("--out", required=True, help="the .parquet file to write")
     p.add_argument("--adapter", help="stage-1 adapter (omit: the undistilled vision side)")
+    p.add_argument("--views", help="a lavic preprocess output directory: use its tiled views, decode no image")
     p.add_argument("--checkpoint")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--actors", type=int, default=1)

@@ -65,6 +65,7 @@ class DatasetConfig(Strict):
     domain: str = "synthetic"
     images_dir: str | None = None
     descriptions: str | None = Field(None, description="descriptions.parquet from lavic describe; overrides the metadata's")
+    views: str | None = Field(None, description="a lavic preprocess output directory: embed reads its tiled views")
 
 
 class RetrievalConfig(Strict):

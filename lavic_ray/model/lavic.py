@@ -77,20 +77,23 @@ class LaViC(nn.Module):
             return vectors
         return F.normalize(vectors, dim=-1) * self.text_norm.to(vectors.dtype)
 
-    def image_vectors(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
+    def image_vectors(self, pixel_values: torch.Tensor, image_sizes: torch.Tensor | None, present: torch.Tensor | None = None,
+                      n_views: torch.Tensor | None = None) -> torch.Tensor:
         """The 5 vectors of each image.
 
         Args:
             pixel_values: ``(N, V, 3, H, W)`` LLaVA-Next views (padded views are ignored).
             image_sizes: ``(N, 2)`` original (height, width).
             present: ``(N,)`` bool; False marks a missing image (five zero vectors).
+            n_views: ``(N,)`` real views per image, when known already (views from ``lavic preprocess``);
+                otherwise derived from ``image_sizes``.
 
         Returns:
             ``(N, 5, hidden)`` in the language model's embedding space.
         """
         N, V = pixel_values.shape[:2]
         device = pixel_values.device
-        n = self.num_real_views(image_sizes).to(device)
+        n = (n_views if n_views is not None else self.num_real_views(image_sizes)).to(device)
         if present is None:
             present = torch.ones(N, dtype=torch.bool, device=device)
         slots = torch.arange(NUM_VECTORS, device=device)

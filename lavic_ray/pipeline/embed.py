@@ -67,12 +67,59 @@ class EmbedItems:
         n_views = (self.model.num_real_views(sizes) * present).tolist()
         return table_rows(item_ids, vectors, n_views, present.tolist())
 
+    @torch.no_grad()
+    def embed_views(self, item_ids: list[str], views: list, shapes: list, n_views: list[int]) -> pa.Table:
+        """The same from views tiled by ``lavic preprocess`` (no image decoded here); ``None`` views: no image."""
+        import numpy as np
+
+        from lavic_ray.model.lavic import NUM_VECTORS
+        from lavic_ray.model.table import table_rows
+
+        good = [v is not None for v in views]
+        shape = next((list(sh) for sh, g in zip(shapes, good) if g), None)
+        side = shape[-1] if shape else int(self.image_processor.crop_size["height"])
+        px = torch.zeros(len(item_ids), NUM_VECTORS, 3, side, side, dtype=torch.float32)
+        for i, (v, sh, g) in enumerate(zip(views, shapes, good)):
+            if g:
+                arr = torch.from_numpy(np.frombuffer(v, dtype=np.float16).reshape(list(sh)).astype(np.float32))
+                px[i, : arr.shape[0]] = arr[:NUM_VECTORS]
+        present = torch.tensor(good)
+        n = torch.tensor([int(k) if g else 1 for k, g in zip(n_views, good)])
+        vectors = self.model.image_vectors(px.to(self.device), None, present.to(self.device), n.to(self.device))
+        return table_rows(item_ids, vectors, [int(k) if g else 0 for k, g in zip(n_views, good)], good)
+
     def __call__(self, batch: dict) -> pa.Table:
+        if "views" in batch:
+            return self.embed_views(list(batch["item_id"]), list(batch["views"]), list(batch["views_shape"]),
+                                    [int(x) for x in batch["n_views"]])
         return self.embed(list(batch["item_id"]), [str(x) for x in batch["image"]])
 
 
+def view_rows(catalog: Catalog, views_dir: str | Path) -> list[dict]:
+    """One row per item from ``lavic preprocess`` shards: its primary image's views (None: no usable image)."""
+    primary = {it.item_id: it.primary_image.name if it.primary_image else None for it in catalog}
+    found = {}
+    for p in sorted((Path(views_dir) / "shards").glob("part-*.parquet")):
+        t = pq.read_table(p, columns=["item_id", "image_name", "ok", "n_views", "views", "views_shape"])
+        for r in t.to_pylist():
+            if primary.get(r["item_id"]) == r["image_name"]:
+                found[r["item_id"]] = r
+    missing_views = [i for i, name in primary.items() if name is not None and i not in found]
+    if missing_views:
+        raise ValueError(f"{len(missing_views)} items have no row in {views_dir} (e.g. {missing_views[:3]}): "
+                         "run lavic preprocess on this catalog first")
+    rows = []
+    for item_id in primary:
+        r = found.get(item_id)
+        ok = bool(r and r["ok"] and r["views"] is not None)
+        rows.append({"item_id": item_id, "views": r["views"] if ok else None, "views_shape": r["views_shape"] if ok else None,
+                     "n_views": r["n_views"] if ok else 0})
+    return rows
+
+
 def run_embed(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, adapter: str | Path | None = None,
-              use_ray: bool = True, batch_size: int = 16, actors: int = 1, cpus_per_actor: float = 1.0) -> Path:
+              use_ray: bool = True, batch_size: int = 16, actors: int = 1, cpus_per_actor: float = 1.0,
+              views: str | Path | None = None) -> Path:
     """Write the item embedding table to ``out`` (a Parquet file).
 
     Args:
@@ -81,10 +128,14 @@ def run_embed(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, adapt
         out: The ``.parquet`` file to write (its directory gets ``config.yaml``).
         adapter: Stage-1 adapter; None embeds with the undistilled vision side.
         use_ray: Ray Data actor pool (True) or this process (False).
+        views: A ``lavic preprocess`` output directory (default ``dataset.views``): embed from its
+            tiled views instead of decoding the images again.
     """
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows = item_rows(Catalog.load(catalog_root))
+    catalog = Catalog.load(catalog_root, cfg.dataset.images_dir)
+    views = views or cfg.dataset.views
+    rows = view_rows(catalog, views) if views else item_rows(catalog)
     kwargs = dict(checkpoint=cfg.model.checkpoint, adapter=str(adapter) if adapter else None, dtype=cfg.model.dtype,
                   feature_layer=cfg.model.feature_layer, scale_vectors=cfg.model.scale_vectors)
     t0 = time.monotonic()
@@ -106,7 +157,7 @@ def run_embed(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, adapt
         parts = []
         for i in range(0, len(rows), batch_size):
             chunk = rows[i: i + batch_size]
-            parts.append(embedder.embed([r["item_id"] for r in chunk], [r["image"] for r in chunk]))
+            parts.append(embedder({k: [r[k] for r in chunk] for k in chunk[0]}))
             log.info("embedded %d/%d items", min(i + batch_size, len(rows)), len(rows))
         table = pa.concat_tables(parts)
     tmp = out.with_suffix(".parquet.tmp")

@@ -29,6 +29,14 @@ def test_preprocess_on_ray_data_matches_the_plain_run(tmp_path, tiny_dir, synth_
     a = pq.read_table(tmp_path / "ray" / "shards" / "part-00001.parquet").to_pylist()
     b = pq.read_table(tmp_path / "plain" / "shards" / "part-00001.parquet").to_pylist()
     assert [(r["item_id"], r["n_views"], r["views"]) for r in a] == [(r["item_id"], r["n_views"], r["views"]) for r in b]
+    # the embed job reads the shards' views on its actor pool: the same table as in one process
+    from lavic_ray.model.table import VectorTable
+    from lavic_ray.pipeline.embed import run_embed
+
+    t_ray = VectorTable.load(run_embed(cfg, synth_root, tmp_path / "t_ray.parquet", views=tmp_path / "ray"))
+    t_one = VectorTable.load(run_embed(cfg, synth_root, tmp_path / "t_one.parquet", views=tmp_path / "ray", use_ray=False))
+    ids = list(t_one.ids)
+    assert sorted(t_ray.ids) == sorted(ids) and (t_ray.lookup(ids) - t_one.lookup(ids)).abs().max() < 1e-4
 
 
 def test_describe_on_a_ray_data_actor_pool(tmp_path, tiny_dir, synth_root, ray_data):
