@@ -138,30 +138,28 @@ def cmd_recommend(args) -> int:
     return _run_stage(args, "stage2")
 
 
+def _run_pipeline(args, run, summary) -> int:
+    """A Ray Data job over ``--catalog`` into ``--out``: its summary as one JSON line or a sentence."""
+    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
+    m = run(cfg, args.catalog, args.out, use_ray=not args.no_ray)
+    print(json.dumps(m) if args.json else summary(m))
+    return 0
+
+
 def cmd_preprocess(args) -> int:
     from lavic_ray.pipeline.preprocess import run_preprocess
 
-    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
-    m = run_preprocess(cfg, args.catalog, args.out, use_ray=not args.no_ray)
-    if args.json:
-        print(json.dumps(m))
-    else:
-        print(f"{m['images']} images: {m['ok']} ok, {m['bad']} bad {m['bad_by_reason'] or ''} -> {args.out} "
-              f"(bad_images.jsonl, manifest.json); this run: {m['processed_this_run']} images in {m['seconds_this_run']} s")
-    return 0
+    return _run_pipeline(args, run_preprocess, lambda m: (
+        f"{m['images']} images: {m['ok']} ok, {m['bad']} bad {m['bad_by_reason'] or ''} -> {args.out} "
+        f"(bad_images.jsonl, manifest.json); this run: {m['processed_this_run']} images in {m['seconds_this_run']} s"))
 
 
 def cmd_describe(args) -> int:
     from lavic_ray.pipeline.describe import run_describe
 
-    cfg = _load(args, [f"model.checkpoint={args.checkpoint}"] if args.checkpoint else [])
-    m = run_describe(cfg, args.catalog, args.out, use_ray=not args.no_ray)
-    if args.json:
-        print(json.dumps(m))
-    else:
-        print(f"described {m['described_this_run']} images ({m['images_per_s']} images/s, {m['tokens_per_s']} tokens/s); "
-              f"{m['skipped']} already described, {len(m['unreadable'])} unreadable -> {m['file']}")
-    return 0
+    return _run_pipeline(args, run_describe, lambda m: (
+        f"described {m['described_this_run']} images ({m['images_per_s']} images/s, {m['tokens_per_s']} tokens/s); "
+        f"{m['skipped']} already described, {len(m['unreadable'])} unreadable -> {m['file']}"))
 
 
 def cmd_embed(args) -> int:
@@ -309,24 +307,20 @@ def build_parser() -> argparse.ArgumentParser:
         _config_args(p)
         p.set_defaults(fn=fn)
 
-    p = sub.add_parser("preprocess", help="decode, validate and tile every image into Parquet shards (Ray Data); "
-                                          "fetches image URLs; bad images listed with their reason")
-    p.add_argument("--catalog", required=True, help="dataset root (item metadata; images/ or image URLs)")
-    p.add_argument("--out", required=True, help="output directory (a rerun skips finished shards)")
-    p.add_argument("--checkpoint", help="the checkpoint whose image processor tiles (default model.checkpoint)")
-    p.add_argument("--no-ray", action="store_true")
-    p.add_argument("--json", action="store_true")
-    _config_args(p)
-    p.set_defaults(fn=cmd_preprocess)
-
-    p = sub.add_parser("describe", help="teacher descriptions from the full-token VLM (Ray Data actor pool)")
-    p.add_argument("--catalog", required=True)
-    p.add_argument("--out", required=True, help="output directory (descriptions.parquet; a rerun skips done images)")
-    p.add_argument("--checkpoint")
-    p.add_argument("--no-ray", action="store_true")
-    p.add_argument("--json", action="store_true")
-    _config_args(p)
-    p.set_defaults(fn=cmd_describe)
+    for name, fn, what, out in (
+        ("preprocess", cmd_preprocess, "decode, validate and tile every image into Parquet shards (Ray Data); fetches image "
+         "URLs; bad images listed with their reason", "output directory (a rerun skips finished shards)"),
+        ("describe", cmd_describe, "teacher descriptions from the full-token VLM (Ray Data actor pool)",
+         "output directory (descriptions.parquet; a rerun skips done images)"),
+    ):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--catalog", required=True, help="dataset root (item metadata; images/ or image URLs)")
+        p.add_argument("--out", required=True, help=out)
+        p.add_argument("--checkpoint", help="the checkpoint to use (default model.checkpoint)")
+        p.add_argument("--no-ray", action="store_true", help="run in this process")
+        p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+        _config_args(p)
+        p.set_defaults(fn=fn)
 
     p = sub.add_parser("embed", help="the item embedding table: every item's 5 vectors, computed once (Ray Data)")
     p.add_argument("--catalog", required=True)

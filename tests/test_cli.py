@@ -35,3 +35,17 @@ def test_synth_cli_and_index_search(capsys, tmp_path):
 def test_bad_config_override_is_a_clear_error(capsys, tmp_path):
     assert main(["synth", "--out", str(tmp_path / "x"), "--set", "synth.colours=3"]) == 2
     assert "synth.colours: unknown key" in capsys.readouterr().err
+
+
+def test_preprocess_and_describe_cli(capsys, synth_root, tiny_dir, tmp_path):
+    import json
+
+    assert main(["preprocess", "--catalog", str(synth_root), "--out", str(tmp_path / "pre"), "--checkpoint", str(tiny_dir),
+                 "--no-ray", "--json", "--set", "preprocess.store_views=false"]) == 0
+    m = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert m["images"] > 0 and m["bad"] == 0 and (tmp_path / "pre" / "manifest.json").is_file()
+    assert main(["describe", "--catalog", str(synth_root), "--out", str(tmp_path / "d"), "--checkpoint", str(tiny_dir),
+                 "--no-ray", "--set", "describe.overwrite=true", "--set", "describe.limit=2", "--set", "describe.max_new_tokens=3"]) == 0
+    assert "described 2 images" in capsys.readouterr().out
+    assert main(["preprocess", "--catalog", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--checkpoint",
+                 str(tiny_dir), "--no-ray"]) == 2
