@@ -117,7 +117,9 @@ def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> 
         raise ValueError(f"the dataset {root} failed validation:\n" + report.render(20))
     write_config(art.root, cfg)
     if not ray.is_initialized():
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True)
+        # always its own local Ray: never join a cluster someone else started on this machine
+        # (ray.init() would attach to a running `ray start --head` and then refuse num_cpus)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True)
 
     probe = _probe(cfg, art, timed)
     for which in ("distilled", "undistilled"):
