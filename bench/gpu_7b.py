@@ -189,9 +189,16 @@ class Bench:
 
     # ------------------------------------------------------------------ data
     def stage2_samples(self):
+        import dataclasses
+
+        from lavic_ray.data.layout import read_conversations
         from lavic_ray.train.stage2 import listwise_samples
 
-        return listwise_samples(self.convs, "candidates_st", seed=0)
+        samples = listwise_samples(self.convs, "candidates_st", seed=0)
+        if self.args.conversations:
+            real = read_conversations(self.args.conversations, ())
+            samples = [dataclasses.replace(s, conv=real[k % len(real)]) for k, s in enumerate(samples)]
+        return samples
 
     def cands(self, ids):
         return [(c, self.catalog[c].title) for c in ids]
@@ -407,6 +414,9 @@ def parser(doc: str = __doc__) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(REPO / ".benchdata"))
     p.add_argument("--parts", default="stage2,stage1,rerank")
+    p.add_argument("--conversations", help="a conversations JSONL (e.g. the real Reddit-Amazon valid.jsonl) whose texts "
+                                           "replace the synthetic ones in stage-2 prompts: real, longer contexts; the "
+                                           "candidates stay the synthetic catalog's (titles and images)")
     p.add_argument("--tiny", action="store_true", help="toy shapes on CPU: checks the code path only")
     p.add_argument("--cap-gib", type=float, default=40.0)
     p.add_argument("--batch", type=int, default=4, help="stage-2 micro-batch (ours)")
