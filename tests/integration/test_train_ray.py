@@ -59,6 +59,7 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tin
     import threading
     import time
 
+    import ray
     from ray.util.state import list_actors
 
     from lavic_ray.train.run import run_ray
@@ -69,6 +70,8 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tin
                              "stage2.eval_limit=2", "stage2.formulation=listwise"])
     out = tmp_path / "stage2"
     killed: dict = {}
+    errors: list[str] = []
+    gcs = ray.get_runtime_context().gcs_address  # this test's Ray, even when another runs on the machine
 
     def registered_checkpoints() -> int:
         # the controller's record, not the checkpoint folder: a folder appears while it is still
@@ -83,7 +86,12 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tin
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed:
             if registered_checkpoints():
-                for a in list_actors(filters=[("state", "=", "ALIVE")]):
+                try:  # the state API can time out on a busy machine: try again, never let the watcher die
+                    actors = list_actors(address=gcs, filters=[("state", "=", "ALIVE")], timeout=60)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(repr(e))
+                    actors = []
+                for a in actors:
                     if a.class_name == "RayTrainWorker" and a.pid:
                         os.kill(a.pid, signal.SIGKILL)
                         killed["pid"] = a.pid
@@ -94,7 +102,7 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tin
     watcher.start()
     result = run_ray("stage2", cfg, synth_root, out, max_failures=1)
     watcher.join(timeout=5)
-    assert killed, "the run ended before a worker could be killed"
+    assert killed, f"the run ended before a worker could be killed (state API errors: {errors[-3:]})"
     assert result.error is None and result.metrics["step"] == 40
     history = [h for h in json.loads((out / "history.json").read_text()) if "train_loss" in h]
     steps = [h["step"] for h in history]
