@@ -90,9 +90,13 @@ class Describer:
 
 
 def read_descriptions(out: str | Path) -> dict[tuple[str, str], str]:
-    """``(item_id, image_name) -> description`` from ``descriptions.parquet`` and any unmerged parts."""
+    """``(item_id, image_name) -> description`` from an output directory (``descriptions.parquet`` and any
+    unmerged parts) or from one Parquet file."""
     out = Path(out)
-    files = ([out / "descriptions.parquet"] if (out / "descriptions.parquet").is_file() else []) + sorted((out / "parts").glob("*.parquet"))
+    if out.is_file():
+        files = [out]
+    else:
+        files = ([out / "descriptions.parquet"] if (out / "descriptions.parquet").is_file() else []) + sorted((out / "parts").glob("*.parquet"))
     found = {}
     for f in files:
         for r in pq.read_table(f, columns=["item_id", "image_name", "description"]).to_pylist():
@@ -102,9 +106,7 @@ def read_descriptions(out: str | Path) -> dict[tuple[str, str], str]:
 
 def apply_descriptions(catalog: Catalog, path: str | Path) -> Catalog:
     """The catalog with the descriptions of ``descriptions.parquet`` (a file or its directory) in place."""
-    path = Path(path)
-    found = read_descriptions(path if path.is_dir() else path.parent) if path.is_dir() or path.name == "descriptions.parquet" else {
-        (r["item_id"], r["image_name"]): r["description"] for r in pq.read_table(path).to_pylist()}
+    found = read_descriptions(path)
     items = []
     for it in catalog:
         imgs = tuple(dataclasses.replace(im, description=found[(it.item_id, im.name)]) if (it.item_id, im.name) in found else im
