@@ -124,15 +124,15 @@ class ShardWriter:
                 rec.update(source="url", reason=fetch_error[i])
             elif not r["path"]:
                 rec["reason"] = "no image file and no URL"
-            else:
-                rec["reason"] = check_image(r["path"], decode=True)
+            else:  # the header's checks (missing, empty, unidentified, bomb-sized); the full decode is load_rgb's
+                rec["reason"] = check_image(r["path"])
             if rec["reason"] is None:
                 try:
                     from PIL import Image
 
                     with Image.open(r["path"]) as im:
                         rec.update(width=im.size[0], height=im.size[1], mode=im.mode)
-                    image = load_rgb(r["path"])
+                    image = load_rgb(r["path"])  # truncated or corrupt pixel data fails here
                     views, n = self._views(image)
                     rec.update(ok=True, n_views=n)
                     if self.cfg.store_views:
