@@ -98,12 +98,10 @@ class EmbedItems:
 def view_rows(catalog: Catalog, views_dir: str | Path) -> list[dict]:
     """One row per item from ``lavic preprocess`` shards: its primary image's views (None: no usable image)."""
     primary = {it.item_id: it.primary_image.name if it.primary_image else None for it in catalog}
-    found = {}
-    for p in sorted((Path(views_dir) / "shards").glob("part-*.parquet")):
-        t = pq.read_table(p, columns=["item_id", "image_name", "ok", "n_views", "views", "views_shape"])
-        for r in t.to_pylist():
-            if primary.get(r["item_id"]) == r["image_name"]:
-                found[r["item_id"]] = r
+    from lavic_ray.pipeline.preprocess import shard_rows
+
+    found = {r["item_id"]: r for r in shard_rows(views_dir, ["item_id", "image_name", "ok", "n_views", "views", "views_shape"])
+             if primary.get(r["item_id"]) == r["image_name"]}
     missing_views = [i for i, name in primary.items() if name is not None and i not in found]
     if missing_views:
         raise ValueError(f"{len(missing_views)} items have no row in {views_dir} (e.g. {missing_views[:3]}): "

@@ -210,11 +210,15 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
     return _report(out, plan, done, seconds)
 
 
+def shard_rows(out: str | Path, columns: list[str]):
+    """Every row of every finished shard under ``out``, in shard order, with these columns."""
+    for p in sorted((Path(out) / "shards").glob("part-*.parquet")):
+        yield from pq.read_table(p, columns=columns).to_pylist()
+
+
 def _report(out: Path, plan: dict, done: list[dict], seconds: float) -> dict:
     """Read every shard's status columns back: ``bad_images.jsonl`` and ``manifest.json``."""
-    cols = ["item_id", "image_name", "source", "ok", "reason", "n_views"]
-    table = pa.concat_tables([pq.read_table(p, columns=cols) for p in sorted((out / "shards").glob("part-*.parquet"))])
-    recs = table.to_pylist()
+    recs = list(shard_rows(out, ["item_id", "image_name", "source", "ok", "reason", "n_views"]))
     bad = [{k: r[k] for k in ("item_id", "image_name", "source", "reason")} for r in recs if not r["ok"]]
     atomic_write_text(out / "bad_images.jsonl", "".join(json.dumps(b) + "\n" for b in bad))
     reasons: dict[str, int] = {}
@@ -240,9 +244,5 @@ def _report(out: Path, plan: dict, done: list[dict], seconds: float) -> dict:
 
 def load_views(out: str | Path) -> dict[tuple[str, str], np.ndarray]:
     """The stored views of every good image: ``(item_id, image_name) -> (n_views, 3, H, W)`` float16."""
-    views = {}
-    for p in sorted((Path(out) / "shards").glob("part-*.parquet")):
-        for r in pq.read_table(p, columns=["item_id", "image_name", "ok", "views", "views_shape"]).to_pylist():
-            if r["ok"] and r["views"] is not None:
-                views[(r["item_id"], r["image_name"])] = np.frombuffer(r["views"], dtype=np.float16).reshape(r["views_shape"])
-    return views
+    return {(r["item_id"], r["image_name"]): np.frombuffer(r["views"], dtype=np.float16).reshape(r["views_shape"])
+            for r in shard_rows(out, ["item_id", "image_name", "ok", "views", "views_shape"]) if r["ok"] and r["views"] is not None}
