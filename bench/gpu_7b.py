@@ -175,16 +175,27 @@ class Bench:
         if self.cuda:
             torch.cuda.reset_peak_memory_stats()
 
+    def precision(self):
+        """``--autocast``: every variant (ours and the reference alike) under bf16 autocast."""
+        import contextlib
+
+        import torch
+
+        if getattr(self.args, "autocast", False):
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def timed(self, fn, steps: int, warmup: int) -> list[float]:
-        for _ in range(warmup):
-            fn()
-        sync()
-        out = []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            fn()
+        with self.precision():
+            for _ in range(warmup):
+                fn()
             sync()
-            out.append(time.perf_counter() - t0)
+            out = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fn()
+                sync()
+                out.append(time.perf_counter() - t0)
         return out
 
     # ------------------------------------------------------------------ data
@@ -269,7 +280,7 @@ class Bench:
                 times = self.timed(fn, a.steps if name == "ours" else a.steps * a.batch, a.warmup)
                 if v == 0:
                     continue
-                if a.profile and name == "ours" and mb == max([a.batch] + a.batches) and gc == "all":
+                if a.profile and name == "ours" and mb == max([a.batch] + a.batches) and gc == gc0:
                     rows.append(self.profile(fn, mb))
             except RuntimeError as e:  # torch.OutOfMemoryError included
                 rows.append({"part": "stage2", "impl": name, "micro_batch": mb, "checkpointing": gc, "error": str(e).splitlines()[0][:200]})
@@ -284,30 +295,35 @@ class Bench:
                          "tokens_per_s": round(statistics.mean(sum(ln) for ln in lengths) / step_s, 1),
                          "mean_tokens_per_sample": round(statistics.mean(x for ln in lengths for x in ln), 1),
                          "mfu": round(flops / step_s / (PEAK_TFLOPS * 1e12), 4) if self.cuda else None,
-                         "lora_dropout": a.dropout, "compiled": a.compile,
+                         "lora_dropout": a.dropout, "compiled": a.compile, "autocast": a.autocast,
                          "peak_gib": self.peak(), "cap_gib": a.cap_gib})
             print(json.dumps(rows[-1]), flush=True)
         del lavic, opt
         return rows
 
-    def profile(self, fn, mb) -> dict:
-        """One profiled step: GPU-busy time against wall time, and the top kernels."""
+    def profile(self, fn, mb, part: str = "stage2") -> dict:
+        """One profiled step: busy time against wall time, and the top operators (kernels on a GPU,
+        self CPU time on a CPU)."""
         from torch.profiler import ProfilerActivity, profile
 
         acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.cuda else [])
         sync()
         t0 = time.perf_counter()
-        with profile(activities=acts) as prof:
+        with profile(activities=acts) as prof, self.precision():
             fn()
             sync()
         wall = time.perf_counter() - t0
         events = prof.key_averages()
-        attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+        if self.cuda:
+            attr = "self_device_time_total" if hasattr(events[0], "self_device_time_total") else "self_cuda_time_total"
+        else:
+            attr = "self_cpu_time_total"
         busy = sum(getattr(e, attr, 0) for e in events) / 1e6
-        top = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:12]
-        row = {"part": "stage2-profile", "micro_batch": mb, "wall_s": round(wall, 4), "device_busy_s": round(busy, 4),
-               "kernels": sum(e.count for e in events if getattr(e, attr, 0) > 0),
-               "top": [(e.key[:60], e.count, round(getattr(e, attr, 0) / 1e3, 1)) for e in top]}
+        top = sorted(events, key=lambda e: getattr(e, attr, 0), reverse=True)[:15]
+        row = {"part": f"{part}-profile", "micro_batch": mb, "wall_s": round(wall, 4), "busy_s": round(busy, 4),
+               "ops": sum(e.count for e in events if getattr(e, attr, 0) > 0), "measure": attr,
+               "top": [(e.key[:60], e.count, round(getattr(e, attr, 0) / 1e3, 1),
+                        round(100 * getattr(e, attr, 0) / 1e6 / max(busy, 1e-9), 1)) for e in top]}
         print(json.dumps(row), flush=True)
         return row
 
@@ -362,6 +378,8 @@ class Bench:
                 opt.zero_grad(set_to_none=True)
                 print(json.dumps(rows[-1]), flush=True)
                 continue
+            if a.profile and name == "ours" and v == 1:
+                rows.append(self.profile(fn, mb, "stage1"))
             step_s = statistics.median(times)
             rows.append({"part": "stage1", "impl": name, "batch": mb, "checkpointing": gc, "step_s": round(step_s, 4),
                          "images_per_s": round(mb / step_s, 2), "tokens_per_s": round(tokens / step_s, 1),
@@ -401,6 +419,8 @@ class Bench:
             for name, fn, n in (("ours", ours(1), 1), ("ours", ours(8), 8), ("naive", naive, 1)):
                 self.reset_peak()
                 times = self.timed(fn, a.steps * 2, a.warmup)
+                if a.profile and name == "ours" and n == 1:
+                    rows.append(self.profile(fn, n, "rerank"))
                 call_s = statistics.median(times)
                 rows.append({"part": "rerank", "impl": name, "requests_per_call": n, "latency_ms": round(1000 * call_s, 1),
                              "requests_per_s": round(n / call_s, 2), "p90_ms": round(1000 * sorted(times)[int(0.9 * len(times))], 1),
@@ -427,7 +447,10 @@ def parser(doc: str = __doc__) -> argparse.ArgumentParser:
                    help="ours without gradient checkpointing (the small model's CPU preset)")
     p.add_argument("--dropout", type=float, default=0.05, help="stage-2 LoRA dropout (the 7B preset's: 0.05)")
     p.add_argument("--compile", action="store_true", help="torch.compile each decoder layer (stage 2 and rerank)")
-    p.add_argument("--profile", action="store_true", help="profile one stage-2 step at the largest micro-batch")
+    p.add_argument("--profile", action="store_true", help="profile one step of ours: stage 2 (largest micro-batch), stage 1, "
+                                                                   "a 1-request rerank call")
+    p.add_argument("--autocast", action="store_true", help="run every variant under bf16 autocast (engine.precision "
+                                                           "bf16-mixed; on a CPU with AVX-512 BF16 or AMX)")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_7b.json"))
@@ -440,7 +463,7 @@ def main(cls=None, a=None) -> int:
     a = a or parser().parse_args()
     bench = (cls or Bench)(a)
     info = {"device": torch.cuda.get_device_name(0) if bench.cuda else "cpu", "torch": torch.__version__,
-            "bench": type(bench).__name__, "tiny": a.tiny, "date": time.strftime("%Y-%m-%d")}
+            "bench": type(bench).__name__, "tiny": a.tiny, "autocast": a.autocast, "date": time.strftime("%Y-%m-%d")}
     import transformers
 
     info["transformers"] = transformers.__version__

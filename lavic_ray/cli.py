@@ -112,7 +112,8 @@ def cmd_small_model(args) -> int:
     from lavic_ray.model.small import build_small_model
 
     out = build_small_model(args.catalog, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                            seed=args.seed, max_images=args.max_images)
+                            seed=args.seed, max_images=args.max_images, llm_lora_r=args.llm_lora_r,
+                            contrastive_epochs=args.contrastive_epochs)
     print(f"small model saved to {out}")
     return 0
 
@@ -291,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-images", type=int)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--llm-lora-r", type=int, default=16,
+                   help="LoRA rank on the LLM during the full-token step, merged afterwards (0: the LLM stays frozen)")
+    p.add_argument("--contrastive-epochs", type=int, default=40, help="CLIP-style tower pretraining epochs (0: skip)")
     p.set_defaults(fn=cmd_small_model)
 
     for name, fn, help_ in (("distill", cmd_distill, "stage 1: visual knowledge self-distillation (LoRA on vision tower + projector)"),

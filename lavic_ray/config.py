@@ -122,7 +122,10 @@ class EngineConfig(Strict):
     kind: Literal["deepspeed", "torch"] = "deepspeed"
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "bf16-mixed"] = Field(
+        "fp32", description="fp32; bf16 (DeepSpeed's bf16 mode: bf16 weights and activations, fp32 master weights); "
+                            "bf16-mixed (torch.autocast: fp32 weights and optimizer, matmuls in bf16 - the fast choice "
+                            "on CPUs with AVX-512 BF16 or AMX; see bench/RESULTS.md)")
     gradient_checkpointing: bool = False
     micro_batch_size: int = Field(4, ge=1)
     grad_accumulation: int = Field(1, ge=1)
@@ -148,6 +151,9 @@ class StageConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: at each evaluation)")
     eval_every: int = Field(0, ge=0, description="optimizer steps between validations (0: once per epoch)")
     eval_limit: int | None = Field(None, ge=1, description="validation examples (None: all)")
+    group_by_length: bool = Field(True, description="micro-batches of similar-length examples (less padding): each "
+                                                    "window of 32 shuffled micro-batches is sorted by length, then the "
+                                                    "window's micro-batches are shuffled again")
 
 
 class Stage1Config(StageConfig):

@@ -33,6 +33,14 @@ def _unwrap(vlm: nn.Module) -> nn.Module:
     return get() if callable(get) else vlm
 
 
+class LabelledLoss(dict):
+    """What a labelled :meth:`LaViC.forward` returns: ``.loss`` (a dict, like Hugging Face outputs)."""
+
+    def __init__(self, loss: torch.Tensor):
+        super().__init__(loss=loss)
+        self.loss = loss
+
+
 class LaViC(nn.Module):
     """LaViC over a (possibly LoRA-wrapped) ``LlavaNextForConditionalGeneration``.
 
@@ -148,4 +156,29 @@ class LaViC(nn.Module):
         if pixel_values is not None:
             vectors = self.image_vectors(pixel_values, image_sizes, present)
         embeds = self.embed(input_ids, vectors)
+        if labels is not None and not kwargs:
+            return self.labelled_loss(embeds, attention_mask, labels)
         return self.vlm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    def labelled_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor):
+        """Causal-LM loss with the output layer applied at the labelled positions only
+        (see :func:`labelled_lm_loss`)."""
+        return LabelledLoss(labelled_lm_loss(self.base, embeds, attention_mask, labels))
+
+
+def labelled_lm_loss(llava, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:
+    """Causal-LM loss of a LLaVA-Next over input embeddings, the output layer at labelled positions only.
+
+    The same value and gradients as the Hugging Face loss (mean token NLL over the
+    positions whose next-token label is not -100), but the ``(tokens, vocabulary)``
+    logits are computed for those positions instead of the whole sequence: a stage-2
+    target is the answer and its EOS out of hundreds of prompt tokens, and on the
+    small model (vocabulary 49k, width 576) the full-sequence output layer and its
+    fp32 log-softmax were the largest avoidable cost of a CPU step (bench/RESULTS.md).
+    LoRA layers injected by PEFT live inside the modules, so they apply here too.
+    """
+    hidden = llava.model.language_model(inputs_embeds=embeds, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != -100
+    logits = llava.lm_head(hidden[:, :-1][keep]).float()
+    return F.cross_entropy(logits, targets[keep]) if logits.shape[0] else logits.sum() * 0.0

@@ -29,6 +29,9 @@ class Recommender:
         device: ``cpu``, ``cuda`` or ``cuda:N``; None keeps the run's CPU default.
         dtype: Overrides the run's ``model.dtype`` (``bfloat16`` on GPUs).
         checkpoint: Overrides the run's ``model.checkpoint`` (the same weights moved elsewhere).
+
+    A run trained with ``stage2.engine.precision: bf16-mixed`` is scored the way it
+    was validated during training: under bf16 autocast, fp32 weights.
     """
 
     def __init__(self, stage2_dir: str | Path, table: str | Path | None, device: str | None = None,
@@ -55,6 +58,7 @@ class Recommender:
         self.formulation = s.formulation
         self.max_rows = max_rows
         self.stage2_dir = d
+        self.autocast = s.engine.precision == "bf16-mixed" and (dtype or cfg.model.dtype) == "float32"
 
     @property
     def lookup(self):
@@ -62,11 +66,14 @@ class Recommender:
 
     def score(self, requests: Sequence[Request]) -> list[list[float]]:
         """Candidate scores (higher is better) for a batch of ``(turns, [(item_id, title), ...])``."""
-        return score_batch(self.model, self.builder, self.formulation, requests, self.lookup, self.max_rows)
+        device = next(self.model.parameters()).device
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return score_batch(self.model, self.builder, self.formulation, requests, self.lookup, self.max_rows)
 
     def describe(self) -> dict:
         s = self.cfg.stage2
         return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation,
                 "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
                 "table_items": len(self.table) if self.table is not None else 0,
-                "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads()}
+                "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads(),
+                "autocast_bf16": self.autocast}

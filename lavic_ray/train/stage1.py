@@ -72,6 +72,9 @@ class Stage1Task(Task):
     def train_examples(self):
         return self.train_set
 
+    def example_lengths(self):
+        return [len(e.title) + len(e.description) for e in self.train_set]
+
     def _pixels(self, batch: list[Stage1Example]):
         return self._views.get([e.image for e in batch])
 

@@ -106,6 +106,10 @@ class Stage2Task(Task):
     def train_examples(self):
         return self.samples
 
+    def example_lengths(self):
+        """Characters of the conversation and of every candidate title: a cheap proxy for tokens."""
+        return [len(s.conv.context) + sum(len(self.catalog[c].title) + len(c) for c in s.candidates) for s in self.samples]
+
     def lookup(self, ids) -> torch.Tensor:
         return self.table.lookup(ids)
 

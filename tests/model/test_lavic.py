@@ -248,3 +248,26 @@ def test_pointwise_training_path_shares_the_prefix_and_passes_gradients(tiny):
     shared[:, 0].sum().backward()
     grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
     assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_labelled_loss_equals_the_full_sequence_loss_and_its_gradients(tiny, side):
+    """The output layer at the labelled positions only gives the Hugging Face loss and gradients."""
+    from lavic_ray.config import LoraConfig
+    from lavic_ray.model.lora import add_lora
+
+    torch.manual_seed(0)
+    m = LaViC(add_lora(tiny.model, "llm", LoraConfig(r=4, alpha=8, dropout=0.0)), tiny.image_token_id)
+    b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
+    turns = parse_turns("<submission>need a red mug</submission><comment>striped?</comment>")
+    encs = [b.listwise(turns, [("B000000001", "Mug A"), ("0306406152", "Mug B")], 1),
+            b.listwise(parse_turns("<submission>a blue vase please</submission>"), [("B000000001", "Mug A"), ("0306406152", "Mug B")], 0)]
+    batch = collate(encs, tiny.tokenizer.pad_token_id, side)
+    vectors = torch.randn(len(batch.images), NUM_VECTORS, m.hidden_size)
+    ours = m(batch.input_ids, batch.attention_mask, vectors=vectors, labels=batch.labels).loss
+    g_ours = torch.autograd.grad(ours, [p for p in m.parameters() if p.requires_grad])
+    embeds = m.embed(batch.input_ids, vectors)
+    hf = m.vlm(inputs_embeds=embeds, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    g_hf = torch.autograd.grad(hf, [p for p in m.parameters() if p.requires_grad])
+    assert torch.allclose(ours, hf, atol=1e-5)
+    assert all(torch.allclose(a, c, atol=1e-6) for a, c in zip(g_ours, g_hf))

@@ -1,6 +1,7 @@
 """Training loops without Ray: resume round trip, checkpoint safety, stage-2 samples."""
 
 import json
+import random
 
 import pytest
 
@@ -108,3 +109,56 @@ def test_stage2_needs_the_table_for_images(tmp_path, tiny_dir, synth_root):
     cfg = load_config(None, [f"model.checkpoint={tiny_dir}"])
     with pytest.raises(ValueError, match="embedding table"):
         run_local("stage2", cfg, synth_root, tmp_path / "s2", table=None)
+
+
+def test_length_grouped_micro_batches_cover_each_example_once_and_pad_less():
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import _shard_batches
+
+    rng = random.Random(1)
+    lengths = [rng.choice([50, 400, 1000]) + rng.randrange(20) for _ in range(1000)]
+    cfg = Stage2Config(engine={"micro_batch_size": 8})
+
+    def waste(batches):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in batches)
+
+    for size in (1, 2):
+        plain = [_shard_batches(1000, cfg.model_copy(update={"group_by_length": False}), 0, r, size, lengths) for r in range(size)]
+        grouped = [_shard_batches(1000, cfg, 0, r, size, lengths) for r in range(size)]
+        # the same examples on each rank, each once; the same number of micro-batches per rank
+        for p, g in zip(plain, grouped):
+            assert sorted(i for b in p for i in b) == sorted(i for b in g for i in b)
+            assert len(p) == len(g) and all(len(b) == 8 for b in g)
+        assert waste([b for g in grouped for b in g]) < 0.2 * waste([b for p in plain for b in p])
+        # shuffled: not one long sorted run (first window's lengths are not monotone)
+        firsts = [max(lengths[i] for i in b) for b in grouped[0][:32]]
+        assert firsts != sorted(firsts) and firsts != sorted(firsts, reverse=True)
+    # deterministic per (seed, epoch), different across epochs
+    assert _shard_batches(1000, cfg, 3, 0, 1, lengths) == _shard_batches(1000, cfg, 3, 0, 1, lengths)
+    assert _shard_batches(1000, cfg, 3, 0, 1, lengths) != _shard_batches(1000, cfg, 4, 0, 1, lengths)
+
+
+@pytest.mark.parametrize("kind", ["torch", "deepspeed"])
+def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
+    import torch
+
+    from lavic_ray.config import EngineConfig
+    from lavic_ray.train.engine import Engine
+
+    if kind == "deepspeed":
+        pytest.importorskip("deepspeed")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    before = [p.detach().clone() for p in net.parameters()]
+    engine = Engine(net, EngineConfig(kind=kind, precision="bf16-mixed", zero_stage=0, micro_batch_size=4), lr=1e-2,
+                    weight_decay=0.0)
+    x = torch.randn(4, 8)
+    out = engine(x)
+    assert out.dtype == torch.bfloat16  # the matmuls ran under bf16 autocast
+    loss = out.float().pow(2).mean()
+    engine.backward(loss)
+    assert engine.step()
+    assert all(p.dtype == torch.float32 for p in net.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    fp32 = Engine(torch.nn.Linear(8, 1), EngineConfig(kind="torch", precision="fp32"), lr=1e-2, weight_decay=0.0)
+    assert fp32(x).dtype == torch.float32

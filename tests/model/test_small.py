@@ -1,0 +1,37 @@
+"""The small model's vision-side training (run here on the tiny checkpoint: the same code path)."""
+
+import torch
+
+from lavic_ray.data.layout import Catalog
+from lavic_ray.model.small import train_vision_side
+
+
+def _llm_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "language_model" in n and "embed" not in n}
+
+
+def _vision_weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n}
+
+
+def test_full_token_step_tunes_the_llm_through_merged_lora(tiny, synth_root):
+    llm, vision = _llm_weights(tiny.model), _vision_weights(tiny.model)
+    history = train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=8, llm_lora_r=4,
+                                autocast=False)
+    assert len(history) == 1 and torch.isfinite(torch.tensor(history)).all()
+    model = tiny.model
+    # the adapter is merged: a plain LLaVA-Next again, that save_pretrained writes as any checkpoint
+    assert type(model).__name__ == "LlavaNextForConditionalGeneration"
+    assert not any("lora_" in n for n, _ in model.named_parameters())
+    after_llm, after_vision = _llm_weights(model), _vision_weights(model)
+    assert set(after_llm) == set(llm)
+    assert any(not torch.equal(llm[n], after_llm[n]) for n in llm if "proj" in n)  # merged LoRA moved the LLM
+    assert any(not torch.equal(vision[n], after_vision[n]) for n in vision)  # the vision side trained in full
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_full_token_step_can_keep_the_llm_frozen(tiny, synth_root):
+    llm = _llm_weights(tiny.model)
+    train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0, autocast=False)
+    after = _llm_weights(tiny.model)
+    assert all(torch.equal(llm[n], after[n]) for n in llm)
