@@ -6,7 +6,7 @@ listwise prompts (conversation + 10 ``candidates_st`` candidates, ``ID: title`` 
 1,024-token budget) of each domain's valid.jsonl with the small model's tokenizer, then cuts
 micro-batches the way the training loop does (``lavic_ray.train.loop._shard_batches``) with
 ``stage2.group_by_length`` off and on, using the loop's own cheap length estimate (characters of
-the conversation and the candidate titles, ``Stage2Task.example_lengths``), and reports the share
+the conversation and the candidate titles, ``lavic_ray.train.stage2.length_estimate``), and reports the share
 of padded token slots. No model runs: the figure is exact for the prompts, and the compute saved
 on a GPU is roughly proportional to it. The shared data holds no metadata for the candidate items,
 so, as in ``bench/gpu_7b.py --conversations``, each candidate ID gets a title of a synthetic catalog
@@ -41,7 +41,7 @@ def main() -> int:
     from lavic_ray.model.checkpoints import IMAGE_TOKEN, SMOLLM2_GGUF, smollm2_dir
     from lavic_ray.model.prompts import PromptBuilder
     from lavic_ray.train.loop import _shard_batches
-    from lavic_ray.train.stage2 import listwise_samples
+    from lavic_ray.train.stage2 import length_estimate, listwise_samples
 
     data = Path(a.data)
     import hashlib
@@ -68,7 +68,7 @@ def main() -> int:
         samples = listwise_samples(convs, "candidates_st", 0)
         lengths = [len(builder.listwise(s.conv.turns(), [(c, title(c)) for c in s.candidates], s.answer).input_ids)
                    for s in samples]
-        estimate = [len(s.conv.context) + sum(len(title(c)) + len(c) for c in s.candidates) for s in samples]
+        estimate = [length_estimate(s, title) for s in samples]
         for mb in a.micro_batches:
             row = {"domain": domain, "samples": len(samples), "micro_batch": mb,
                    "mean_tokens": round(sum(lengths) / len(lengths), 1), "max_tokens": max(lengths)}

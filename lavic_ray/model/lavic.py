@@ -33,14 +33,6 @@ def _unwrap(vlm: nn.Module) -> nn.Module:
     return get() if callable(get) else vlm
 
 
-class LabelledLoss(dict):
-    """What a labelled :meth:`LaViC.forward` returns: ``.loss`` (a dict, like Hugging Face outputs)."""
-
-    def __init__(self, loss: torch.Tensor):
-        super().__init__(loss=loss)
-        self.loss = loss
-
-
 class LaViC(nn.Module):
     """LaViC over a (possibly LoRA-wrapped) ``LlavaNextForConditionalGeneration``.
 
@@ -163,7 +155,9 @@ class LaViC(nn.Module):
     def labelled_loss(self, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor):
         """Causal-LM loss with the output layer applied at the labelled positions only
         (see :func:`labelled_lm_loss`)."""
-        return LabelledLoss(labelled_lm_loss(self.base, embeds, attention_mask, labels))
+        from transformers.modeling_outputs import CausalLMOutput
+
+        return CausalLMOutput(loss=labelled_lm_loss(self.base, embeds, attention_mask, labels))
 
 
 def labelled_lm_loss(llava, embeds: torch.Tensor, attention_mask: torch.Tensor | None, labels: torch.Tensor) -> torch.Tensor:

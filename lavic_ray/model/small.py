@@ -127,10 +127,8 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     return history
 
 
-def bf16_is_fast(device: str = "cpu") -> bool:
-    """Whether bf16 matmuls run natively here (CUDA with bf16; a CPU with AVX-512 BF16 or AMX)."""
-    if device == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+def cpu_bf16_is_native() -> bool:
+    """Whether this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX): then autocast pays."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
@@ -149,7 +147,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     catalog: with the LLM frozen the description loss ended at 2.05 and the model named
     0 of 20 test colours; with LoRA r 16 it reached 0.22 within 30 steps.
 
-    ``autocast`` (default: where bf16 is native, see :func:`bf16_is_fast`) runs the
+    ``autocast`` (default: where bf16 is native, see :func:`cpu_bf16_is_native`) runs the
     forward in bf16 with fp32 weights.
 
     Returns:
@@ -163,13 +161,10 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
         p.requires_grad_(True)
     peft_model = None
     if llm_lora_r:
-        from peft import LoraConfig as PeftLora
-        from peft import get_peft_model
+        from lavic_ray.config import LoraConfig
+        from lavic_ray.model.lora import add_lora
 
-        from lavic_ray.model.lora import LLM_TARGETS
-
-        peft_model = get_peft_model(model, PeftLora(r=llm_lora_r, lora_alpha=2 * llm_lora_r, lora_dropout=0.0,
-                                                    target_modules=LLM_TARGETS, bias="none"))
+        peft_model = add_lora(model, "llm", LoraConfig(r=llm_lora_r, alpha=2 * llm_lora_r, dropout=0.0))
         for p in vision:  # get_peft_model froze everything but the adapter
             p.requires_grad_(True)
         vision = vision + [p for n, p in peft_model.named_parameters() if "lora_" in n]
@@ -179,7 +174,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     if not data:
         raise ValueError("the catalog has no image with a description to train the vision side on")
     if autocast is None:
-        autocast = bf16_is_fast("cpu")
+        autocast = cpu_bf16_is_native()
     opt = torch.optim.AdamW(vision, lr=lr, weight_decay=0.0)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)

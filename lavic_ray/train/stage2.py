@@ -9,6 +9,7 @@ candidate makes room), on a copy - the source data is never mutated.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +73,12 @@ def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives:
     return out
 
 
+def length_estimate(sample: ListwiseSample | PointwiseSample, title: Callable[[str], str]) -> int:
+    """Characters of the conversation and of every candidate's ID and title: a cheap proxy for a
+    sample's tokens, for length-grouped micro-batches."""
+    return len(sample.conv.context) + sum(len(title(c)) + len(c) for c in sample.candidates)
+
+
 class Stage2Task(Task):
     name = "stage2"
     best_metric = "valid_hr@1"
@@ -107,8 +114,7 @@ class Stage2Task(Task):
         return self.samples
 
     def example_lengths(self):
-        """Characters of the conversation and of every candidate title: a cheap proxy for tokens."""
-        return [len(s.conv.context) + sum(len(self.catalog[c].title) + len(c) for c in s.candidates) for s in self.samples]
+        return [length_estimate(s, lambda c: self.catalog[c].title) for s in self.samples]
 
     def lookup(self, ids) -> torch.Tensor:
         return self.table.lookup(ids)
