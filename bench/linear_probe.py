@@ -1,0 +1,63 @@
+"""Is colour / pattern / category linearly readable from a small model's image features?
+
+Fits a logistic regression on the train-pool items of a synthetic catalog and scores it on the
+valid/test-pool items, for two features of each item's primary image: the vision tower's [CLS]
+of the base view at LaViC's feature layer (-2), and that [CLS] through the projector and LaViC's
+rescaling (vector 0 of the item's 5). The labels come from ``synth_truth.json`` (never a model
+input); this is a diagnostic of the vision side, not part of any pipeline.
+
+(scikit-learn comes with sentence-transformers.)
+
+    python bench/linear_probe.py --model lavic_runs/quickstart/models/small --catalog lavic_runs/quickstart/catalog
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a saved small model (lavic small-model)")
+    p.add_argument("--catalog", required=True, help="a synthetic catalog (lavic synth) with synth_truth.json")
+    a = p.parse_args()
+
+    from sklearn.linear_model import LogisticRegression
+
+    from lavic_ray.data.layout import Catalog
+    from lavic_ray.model.checkpoints import load_checkpoint
+    from lavic_ray.model.lavic import LaViC
+    from lavic_ray.model.views import pixel_views
+
+    truth = json.loads((Path(a.catalog) / "synth_truth.json").read_text())["items"]
+    catalog = Catalog.load(a.catalog)
+    ck = load_checkpoint(a.model)
+    model = LaViC(ck.model, ck.image_token_id).eval()
+    ids = sorted(truth)
+    cls, vec = [], []
+    with torch.no_grad():
+        for start in range(0, len(ids), 32):
+            items = [catalog[i] for i in ids[start: start + 32]]
+            px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path for it in items])
+            hidden = ck.model.model.vision_tower(px[:, 0], output_hidden_states=True).hidden_states[model.feature_layer]
+            cls.append(hidden[:, 0])
+            vec.append(model.image_vectors(px, sizes, present)[:, 0])
+    train = [k for k, i in enumerate(ids) if truth[i]["pool"] == "train"]
+    held = [k for k, i in enumerate(ids) if truth[i]["pool"] != "train"]
+    out = {"model": a.model, "train_items": len(train), "heldout_items": len(held)}
+    for name, feats in (("cls", torch.cat(cls).numpy()), ("vector0", torch.cat(vec).numpy())):
+        for attr in ("colour", "pattern", "category"):
+            y = [truth[i][attr] for i in ids]
+            clf = LogisticRegression(max_iter=2000).fit(feats[train], [y[k] for k in train])
+            out[f"{name}_{attr}"] = round(float(clf.score(feats[held], [y[k] for k in held])), 3)
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
