@@ -53,7 +53,9 @@ def _free_port() -> int:
 def head():
     """A local `ray start --head` cluster (2 CPUs), as a user would start one."""
     bin_dir = Path(sys.executable).parent
-    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    # ray 2.60 turns token auth on for clusters it starts; its CLIs do not always detect that by
+    # themselves (seen: `ray job submit` refusing with "RAY_AUTH_MODE is currently 'disabled'")
+    env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     port, dash = _free_port(), _free_port()
     ray_cli = str(bin_dir / "ray")
     start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
