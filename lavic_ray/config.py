@@ -173,6 +173,9 @@ class Stage2Config(StageConfig):
     answer: Literal["id", "letter"] = "id"
     negatives: int = Field(9, ge=1, description="pointwise: negatives per positive, drawn from its candidate list "
                                                 "(scored together after one shared conversation prefix)")
+    pointwise_loss: Literal["yes_no", "ranking", "both"] = Field(
+        "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate; 'ranking' = softmax over a "
+                              "sample's candidates of log P(yes) - log P(no), the score candidates are ranked by; 'both' = their sum")
     use_images: bool = True
     candidates_key: str = "candidates_st"
 

@@ -12,6 +12,7 @@ full training state so a restarted run continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -73,9 +74,21 @@ def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_s
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if warmup_steps:
-        ds["scheduler"] = {"type": "WarmupLR", "params": {"warmup_min_lr": 0.0, "warmup_max_lr": lr, "warmup_num_steps": warmup_steps}}
     return ds
+
+
+def warmup_factor(step: int, warmup_steps: int) -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based): linear from 1/warmup to 1.
+
+    Both engines use this one schedule (DeepSpeed's own WarmupLR defaults to a log ramp that is
+    already at 85% of the peak after 10 of 15 warmup steps, and starts at 0).
+    """
+    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+
+
+def warmup_scheduler(warmup_steps: int):
+    """A callable that makes the warmup ``LambdaLR`` for an optimizer (DeepSpeed's ``lr_scheduler`` argument)."""
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(warmup_factor, warmup_steps=warmup_steps))
 
 
 class Engine:
@@ -98,15 +111,14 @@ class Engine:
             ensure_process_group()
             self.ds_config = deepspeed_config(cfg, lr, weight_decay, warmup_steps)
             self.wrapped, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                model=module, model_parameters=params, config=self.ds_config, dist_init_required=False
+                model=module, model_parameters=params, config=self.ds_config, dist_init_required=False,
+                lr_scheduler=warmup_scheduler(warmup_steps) if warmup_steps else None,
             )
         else:
             if cfg.zero_stage or cfg.offload_optimizer:
                 log.info("engine.kind=torch ignores zero_stage/offload_optimizer")
             self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-            self.scheduler = (
-                torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warmup_steps)) if warmup_steps else None
-            )
+            self.scheduler = warmup_scheduler(warmup_steps)(self.optimizer) if warmup_steps else None
             self.params = params
             rank, size = world()
             if size > 1:

@@ -73,6 +73,23 @@ def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives:
     return out
 
 
+def ranking_loss(margins: torch.Tensor, positives: list[tuple[bool, ...]]) -> torch.Tensor:
+    """Mean over samples of -log softmax(margins of the sample's candidates)[positive].
+
+    ``margins`` is request-major (one row per candidate, samples in order); a sample
+    without a negative carries no ranking signal and is skipped.
+    """
+    terms, n = [], 0
+    for pos in positives:
+        m = margins[n: n + len(pos)]
+        n += len(pos)
+        if len(pos) > 1 and any(pos):
+            terms.append(-torch.log_softmax(m, dim=0)[pos.index(True)])
+    if n != margins.shape[0]:
+        raise ValueError(f"{margins.shape[0]} margins for {n} candidates")
+    return torch.stack(terms).mean() if terms else margins.sum() * 0.0
+
+
 def length_estimate(sample: ListwiseSample | PointwiseSample, title: Callable[[str], str]) -> int:
     """Characters of the conversation and of every candidate's ID and title: a cheap proxy for a
     sample's tokens, for length-grouped micro-batches."""
@@ -134,16 +151,24 @@ class Stage2Task(Task):
         return out.loss, int(b.attention_mask.sum())
 
     def _pointwise_loss(self, engine, batch: list[PointwiseSample]):
-        """Balanced yes/no NLL: positives and negatives weigh half each, whatever their ratio."""
+        """``stage2.pointwise_loss``: the balanced yes/no NLL (positives and negatives weigh half each,
+        whatever their ratio), the ranking loss (softmax over each sample's candidates of the margin
+        log P(yes) - log P(no) that evaluation ranks by, positive as the target), or their sum."""
         requests = [(s.conv.turns(), self._candidates(s.candidates)) for s in batch]
         lp, tokens = engine(fn=pointwise_log_probs, builder=self.builder, requests=requests,
                             lookup=self.lookup if self.scfg.use_images else None, max_rows=None,
                             share_prefix=not self.scfg.engine.gradient_checkpointing)
-        positive = torch.tensor([p for s in batch for p in s.positive], device=lp.device)
-        nll = -torch.where(positive, lp[:, 0], lp[:, 1])
-        n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-        weight = torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1)) / ((n_pos > 0) + (n_neg > 0))
-        return (weight * nll).sum(), tokens
+        kind = self.scfg.pointwise_loss
+        loss = lp.new_zeros(())
+        if kind in ("yes_no", "both"):
+            positive = torch.tensor([p for s in batch for p in s.positive], device=lp.device)
+            nll = -torch.where(positive, lp[:, 0], lp[:, 1])
+            n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+            weight = torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1)) / ((n_pos > 0) + (n_neg > 0))
+            loss = loss + (weight * nll).sum()
+        if kind in ("ranking", "both"):
+            loss = loss + ranking_loss(lp[:, 0] - lp[:, 1], [s.positive for s in batch])
+        return loss, tokens
 
     def validate(self, module, batch_size: int = 8):
         if not self.valid:

@@ -9,7 +9,7 @@ from lavic_ray.config import load_config
 from lavic_ray.data.records import Conversation
 from lavic_ray.train.reporting import LATEST, LocalReporter
 from lavic_ray.train.run import run_local
-from lavic_ray.train.stage2 import listwise_samples, pointwise_samples
+from lavic_ray.train.stage2 import listwise_samples, pointwise_samples, ranking_loss
 
 
 def tiny_cfg(tiny_dir, *extra):
@@ -105,6 +105,23 @@ def test_pointwise_samples():
     assert pointwise_samples([conv], "candidates_st", seed=0, negatives=3) == s  # deterministic
 
 
+def test_ranking_loss_is_softmax_cross_entropy_per_sample():
+    import torch
+
+    margins = torch.tensor([2.0, 0.0, 1.0, -1.0, 3.0, 5.0], requires_grad=True)
+    # sample 1: 3 candidates, positive first; sample 2: positive last of 2; sample 3: no negative (skipped)
+    positives = [(True, False, False), (False, True), (True,)]
+    loss = ranking_loss(margins, positives)
+    want = (-torch.log_softmax(torch.tensor([2.0, 0.0, 1.0]), 0)[0] - torch.log_softmax(torch.tensor([-1.0, 3.0]), 0)[1]) / 2
+    assert torch.isclose(loss, want)
+    loss.backward()
+    g = margins.grad
+    assert g[0] < 0 and g[1] > 0 and g[2] > 0  # descent raises the positive's margin, lowers the negatives'
+    assert g[4] < 0 and g[3] > 0 and g[5] == 0  # the sample without a negative carries no gradient
+    with pytest.raises(ValueError, match="margins"):
+        ranking_loss(margins, [(True, False)])
+
+
 def test_stage2_needs_the_table_for_images(tmp_path, tiny_dir, synth_root):
     cfg = load_config(None, [f"model.checkpoint={tiny_dir}"])
     with pytest.raises(ValueError, match="embedding table"):
@@ -162,3 +179,25 @@ def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
     fp32 = Engine(torch.nn.Linear(8, 1), EngineConfig(kind="torch", precision="fp32"), lr=1e-2, weight_decay=0.0)
     assert fp32(x).dtype == torch.float32
+
+
+def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
+    import torch
+
+    from lavic_ray.config import EngineConfig
+    from lavic_ray.train.engine import Engine
+
+    pytest.importorskip("deepspeed")
+    seen = {}
+    for kind in ("torch", "deepspeed"):
+        engine = Engine(torch.nn.Linear(4, 1), EngineConfig(kind=kind, zero_stage=2, micro_batch_size=2), lr=1e-2,
+                        weight_decay=0.0, warmup_steps=4)
+        lrs = []
+        for _ in range(6):
+            lrs.append(engine.lr())
+            engine.backward(engine(torch.randn(2, 4)).pow(2).mean())
+            engine.step()
+        seen[kind] = lrs
+    want = [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]  # the first step already moves (DeepSpeed's WarmupLR starts at 0)
+    for kind, lrs in seen.items():
+        assert lrs == pytest.approx(want), kind
