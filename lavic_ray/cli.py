@@ -113,7 +113,7 @@ def cmd_small_model(args) -> int:
 
     out = build_small_model(args.catalog, args.out, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                             seed=args.seed, max_images=args.max_images, llm_lora_r=args.llm_lora_r,
-                            contrastive_epochs=args.contrastive_epochs)
+                            contrastive_epochs=args.contrastive_epochs, vision_image_size=args.vision_image_size)
     print(f"small model saved to {out}")
     return 0
 
@@ -231,6 +231,8 @@ def cmd_serve(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from lavic_ray.config import SmallModelConfig
+
     parser = argparse.ArgumentParser(prog="lavic", description="LaViC on Ray: data, training, evaluation and serving.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -287,14 +289,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("small-model", help="build the small LLaVA-Next (SmolLM2 + a vision side trained on the catalog)")
     p.add_argument("--catalog", required=True, help="dataset root whose images and descriptions train the vision side")
     p.add_argument("--out", required=True)
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-images", type=int)
+    sm = SmallModelConfig()  # the same defaults as the config's small_model section (what the quickstart builds)
+    p.add_argument("--epochs", type=int, default=sm.epochs, help="full-token epochs")
+    p.add_argument("--lr", type=float, default=sm.lr)
+    p.add_argument("--batch-size", type=int, default=sm.batch_size)
+    p.add_argument("--max-images", type=int, default=sm.max_images)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--llm-lora-r", type=int, default=16,
+    p.add_argument("--llm-lora-r", type=int, default=sm.llm_lora_r,
                    help="LoRA rank on the LLM during the full-token step, merged afterwards (0: the LLM stays frozen)")
-    p.add_argument("--contrastive-epochs", type=int, default=40, help="CLIP-style tower pretraining epochs (0: skip)")
+    p.add_argument("--contrastive-epochs", type=int, default=sm.contrastive_epochs, help="CLIP-style tower pretraining epochs (0: skip)")
+    p.add_argument("--vision-image-size", type=int, default=sm.vision_image_size, help="the vision tower's input size (px)")
     p.set_defaults(fn=cmd_small_model)
 
     for name, fn, help_ in (("distill", cmd_distill, "stage 1: visual knowledge self-distillation (LoRA on vision tower + projector)"),

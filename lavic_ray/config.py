@@ -110,6 +110,18 @@ class ModelConfig(Strict):
     scale_vectors: bool = True
 
 
+class SmallModelConfig(Strict):
+    """How ``model.checkpoint: small`` is built (``lavic small-model``; the 7B checkpoint skips this)."""
+
+    epochs: int = Field(2, ge=1, description="full-token epochs: image tokens -> description, vision side in full, LLM via LoRA")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(8, ge=1)
+    contrastive_epochs: int = Field(40, ge=0, description="CLIP-style tower pretraining epochs first (0: skip)")
+    llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
+    vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
+    max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
+
+
 class LoraConfig(Strict):
     r: int = Field(8, ge=1)
     alpha: int = Field(32, ge=1)
@@ -266,6 +278,7 @@ class LavicConfig(Strict):
     retrieval: RetrievalConfig = RetrievalConfig()
     eval: EvalConfig = EvalConfig()
     model: ModelConfig = ModelConfig()
+    small_model: SmallModelConfig = SmallModelConfig()
     stage1: Stage1Config = Stage1Config()
     stage2: Stage2Config = Stage2Config()
     job: JobConfig = JobConfig()

@@ -125,8 +125,7 @@ def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> 
     for which in ("distilled", "undistilled"):
         if not art.table(which).is_file():
             timed(f"embed ({which})", workflow.embed, cfg, art, which)
-    runs = {name: (workflow.stage2(cfg, art, name) if workflow.stage_done(art.stage2(name))
-                   else timed(f"stage 2 ({name})", workflow.stage2, cfg, art, name)) for name in workflow.VARIANTS}
+    runs = timed("stage 2 (every variant)", workflow.stage2_variants, cfg, art, tuple(workflow.VARIANTS), timed)
     results = workflow.evaluate_methods(cfg, art, METHODS, runs, "test", timed)
     catalog = Catalog.load(root)
     test_file = root / cfg.dataset.domain / "test.jsonl"

@@ -78,7 +78,7 @@ def ensure_model(cfg: LavicConfig, art: Artifacts, catalog: Path, build: bool = 
     else:
         from lavic_ray.model.small import build_small_model
 
-        build_small_model(catalog, out, seed=cfg.stage1.seed)
+        build_small_model(catalog, out, seed=cfg.stage1.seed, **cfg.small_model.model_dump())
     return str(out)
 
 
@@ -137,6 +137,59 @@ def stage2(cfg: LavicConfig, art: Artifacts, name: str) -> LavicRun:
     if not stage_done(d):
         run_ray("stage2", vcfg, cfg.dataset.root, d, table, max_failures=cfg.job.max_failures)
     return LavicRun(stage2_dir=str(d), table=str(table) if table else None)
+
+
+def concurrent_runs(stage_cfg, total: dict[str, float]) -> int:
+    """How many Ray Train runs of a stage fit on a cluster at once (``total``: ``ray.cluster_resources()``)."""
+    key, per_worker = ("GPU", 1.0) if stage_cfg.use_gpu else ("CPU", stage_cfg.cpus_per_worker)
+    return max(1, int(total.get(key, 0.0) / (per_worker * stage_cfg.num_workers) + 1e-9))
+
+
+def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), timed=None) -> dict[str, LavicRun]:
+    """Stage 2 of several variants, as many at once as the cluster holds (one Ray Train run each).
+
+    The variants are independent runs. When one run takes a fraction of the cluster
+    (``stage2.cpus_per_worker`` x ``num_workers``, or a GPU per worker), they train in waves
+    of as many as fit, the variants with item vectors (the longer prompts) first; a last,
+    smaller wave gets the idle CPUs shared out (more torch threads each), so no core idles.
+    On the 2-core default: two single-threaded runs side by side do 1.34x the work of one
+    two-threaded run (``bench/cpu_lanes.py``), then the title-only run takes both cores.
+    The settings that shape learning (micro-batch, steps, learning rate) are the same in
+    any wave. Each run keeps its own checkpoints, so an interrupted set resumes run by run;
+    every run of a wave finishes before the first error (if any) is raised.
+    """
+    import ray
+    from concurrent.futures import ThreadPoolExecutor
+
+    todo = sorted((n for n in names if not stage_done(art.stage2(n))), key=lambda n: VARIANTS[n] is None)
+    runs = {n: stage2(cfg, art, n) for n in names if n not in todo}
+    total = ray.cluster_resources() if ray.is_initialized() else {}
+    lanes = min(len(todo), concurrent_runs(cfg.stage2, total)) if todo and total else 1
+    call = (lambda label, fn, *a: timed(label, fn, *a)) if timed else (lambda label, fn, *a: fn(*a))
+    if lanes <= 1:
+        runs.update({n: call(f"stage 2 ({n})", stage2, cfg, art, n) for n in todo})
+        return {n: runs[n] for n in names}
+    waves = [todo[i: i + lanes] for i in range(0, len(todo), lanes)]
+    log.info("stage 2: %d variants, %d at a time: %s", len(todo), lanes, " then ".join(" + ".join(w) for w in waves))
+    for wave in waves:
+        wcfg = cfg
+        if len(wave) < lanes and not cfg.stage2.use_gpu:  # a short last wave: share the idle CPUs out
+            share = int(total.get("CPU", 0.0) / (len(wave) * cfg.stage2.num_workers))
+            if share > cfg.stage2.cpus_per_worker:
+                wcfg = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"cpus_per_worker": float(share)})})
+                log.info("stage 2: %s on %d CPUs per worker", " + ".join(wave), share)
+        errors = {}
+        with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="stage2") as pool:
+            futures = {n: pool.submit(call, f"stage 2 ({n})", stage2, wcfg, art, n) for n in wave}
+            for n, f in futures.items():
+                try:
+                    runs[n] = f.result()
+                except Exception as e:  # noqa: BLE001 - re-raised below, after the wave's other runs finished
+                    log.error("stage 2 (%s) failed: %s", n, e)
+                    errors[n] = e
+        if errors:
+            raise RuntimeError(f"stage 2 failed for {sorted(errors)}; the wave's other runs finished and are kept") from next(iter(errors.values()))
+    return {n: runs[n] for n in names}
 
 
 def trained_runs(art: Artifacts) -> dict[str, LavicRun]:

@@ -84,3 +84,29 @@ def test_include_merges_the_named_file_first_relative_to_the_including_one(tmp_p
     (tmp_path / "missing.yaml").write_text("include: nowhere.yaml\n")
     with pytest.raises(ConfigError, match="included from"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_concurrent_runs_counts_what_fits_on_the_cluster():
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.workflow import concurrent_runs
+
+    cpu = lambda **k: Stage2Config(**k)  # noqa: E731
+    assert concurrent_runs(cpu(cpus_per_worker=1), {"CPU": 2.0}) == 2  # the quickstart's preset on 2 cores
+    assert concurrent_runs(cpu(cpus_per_worker=0.66), {"CPU": 2.0}) == 3
+    assert concurrent_runs(cpu(cpus_per_worker=2), {"CPU": 2.0}) == 1
+    assert concurrent_runs(cpu(cpus_per_worker=0.5, num_workers=2), {"CPU": 2.0}) == 2
+    assert concurrent_runs(cpu(cpus_per_worker=4), {"CPU": 2.0}) == 1  # never 0: one run waits for its resources
+    assert concurrent_runs(cpu(use_gpu=True, num_workers=2), {"CPU": 64.0, "GPU": 8.0}) == 4
+
+
+def test_small_model_section_reaches_the_build(monkeypatch, tmp_path):
+    from lavic_ray import workflow
+    from lavic_ray.artifacts import Artifacts
+    from lavic_ray.config import load_config
+    import lavic_ray.model.small as small
+
+    seen = {}
+    monkeypatch.setattr(small, "build_small_model", lambda catalog, out, **kw: seen.update(kw))
+    cfg = load_config(None, ["model.checkpoint=small", "small_model.epochs=1", "small_model.contrastive_epochs=3"])
+    workflow.ensure_model(cfg, Artifacts(tmp_path), tmp_path / "catalog")
+    assert seen["epochs"] == 1 and seen["contrastive_epochs"] == 3 and seen["llm_lora_r"] == 16

@@ -69,7 +69,7 @@ def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: to
 
 
 def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 40, lr: float = 1e-3, batch_size: int = 64,
-                                seed: int = 0, feature_layer: int = -2) -> list[float]:
+                                seed: int = 0, feature_layer: int = -2, autocast: bool | None = None) -> list[float]:
     """CLIP-style pretraining of the fresh vision tower against a frozen text encoder (LiT).
 
     LLaVA starts from a CLIP-pretrained tower; none installs offline here, so the
@@ -90,6 +90,8 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     cfg = ck.model.config
     n_views = num_real_views(cfg, sizes, cap=px.shape[1])
     tower = ck.model.model.vision_tower
+    if autocast is None:  # the tower's forward in bf16 where that is native (fp32 weights, head and loss)
+        autocast = cpu_bf16_is_native()
     head = torch.nn.Linear(cfg.vision_config.hidden_size, texts.shape[1])
     log_temp = torch.nn.Parameter(torch.tensor(2.659))  # 1/0.07
     params = list(tower.parameters()) + list(head.parameters()) + [log_temp]
@@ -107,7 +109,8 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
         for b in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
             idx = order[b: b + batch_size]
             valid = torch.arange(px.shape[1])[None] < n_views[idx][:, None]
-            hidden = tower(px[idx][valid], output_hidden_states=True).hidden_states[feature_layer][:, 0]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                hidden = tower(px[idx][valid], output_hidden_states=True).hidden_states[feature_layer][:, 0].float()
             pooled = torch.zeros(len(idx), hidden.shape[-1]).index_add_(
                 0, torch.arange(len(idx))[:, None].expand_as(valid)[valid], hidden) / n_views[idx][:, None]
             img = torch.nn.functional.normalize(head(pooled), dim=-1)

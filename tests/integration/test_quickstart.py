@@ -1,6 +1,7 @@
 """The README's main job, end to end on a local Ray, with the tiny model and a small catalog."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -25,6 +26,11 @@ def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
     for m in results.values():
         assert KEYS <= set(m)
     assert results["lavic"]["valid_ratio"] == 1.0
+    if os.cpu_count() == 2:  # the preset's 1 CPU per run: the variants with vectors side by side, then title-only on both cores
+        assert "stage 2: 3 variants, 2 at a time: lavic + lavic-no-distill then lavic-title-only" in proc.stderr
+        assert "lavic-title-only on 2 CPUs per worker" in proc.stderr
+    else:
+        assert "stage 2: 3 variants, " in proc.stderr
     report = (workdir / "report" / "report.md").read_text()
     assert "| lavic |" in report and "before stage 1" in report and "pointwise" in report
     assert (workdir / "report" / "training_curves.png").stat().st_size > 1000
