@@ -69,7 +69,7 @@ def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: to
 
 
 def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 40, lr: float = 1e-3, batch_size: int = 64,
-                                seed: int = 0, feature_layer: int = -2, autocast: bool | None = None) -> list[float]:
+                                seed: int = 0, feature_layer: int = -2, autocast: bool = False) -> list[float]:
     """CLIP-style pretraining of the fresh vision tower against a frozen text encoder (LiT).
 
     LLaVA starts from a CLIP-pretrained tower; none installs offline here, so the
@@ -90,8 +90,8 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     cfg = ck.model.config
     n_views = num_real_views(cfg, sizes, cap=px.shape[1])
     tower = ck.model.model.vision_tower
-    if autocast is None:  # the tower's forward in bf16 where that is native (fp32 weights, head and loss)
-        autocast = cpu_bf16_is_native()
+    # autocast=True: the tower's forward in bf16 (fp32 weights, head and loss): 1.3x here, but the one model built
+    # with it (together with a data-parallel stage 1) did not learn in stage 2 - unisolated, so fp32 stays the default
     head = torch.nn.Linear(cfg.vision_config.hidden_size, texts.shape[1])
     log_temp = torch.nn.Parameter(torch.tensor(2.659))  # 1/0.07
     params = list(tower.parameters()) + list(head.parameters()) + [log_temp]
