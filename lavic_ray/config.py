@@ -167,6 +167,10 @@ class StageConfig(Strict):
                                                     "window of 32 shuffled micro-batches is sorted by length, then the "
                                                     "window's micro-batches are shuffled again")
 
+    def run_resources(self) -> tuple[str, float]:
+        """The resource one Ray Train run of this stage holds, and how much of it: a GPU per worker, else its CPUs."""
+        return ("GPU", float(self.num_workers)) if self.use_gpu else ("CPU", self.num_workers * self.cpus_per_worker)
+
 
 class Stage1Config(StageConfig):
     """Visual knowledge self-distillation (paper: r 8, alpha 32, dropout 0.1, lr 5e-5, wd 1e-5, 5 epochs, batch 4)."""

@@ -164,8 +164,8 @@ def _concurrency(t, stage_cfg) -> int:
     import ray
 
     free = ray.cluster_resources()
-    key, per_worker = ("GPU", 1.0) if stage_cfg.use_gpu else ("CPU", stage_cfg.cpus_per_worker)
-    need = stage_cfg.num_workers * per_worker + (t.cpus_per_trial if key == "CPU" else 0.0)
+    key, workers = stage_cfg.run_resources()
+    need = workers + (t.cpus_per_trial if key == "CPU" else 0.0)
     fit = int(free.get(key, 0.0) // need) if need else t.max_concurrent_trials
     if fit < 1:
         raise ValueError(f"one trial needs {need:g} {key} ({stage_cfg.num_workers} workers); the cluster has {free.get(key, 0):g}")

@@ -141,8 +141,8 @@ def stage2(cfg: LavicConfig, art: Artifacts, name: str) -> LavicRun:
 
 def concurrent_runs(stage_cfg, total: dict[str, float]) -> int:
     """How many Ray Train runs of a stage fit on a cluster at once (``total``: ``ray.cluster_resources()``)."""
-    key, per_worker = ("GPU", 1.0) if stage_cfg.use_gpu else ("CPU", stage_cfg.cpus_per_worker)
-    return max(1, int(total.get(key, 0.0) / (per_worker * stage_cfg.num_workers) + 1e-9))
+    key, need = stage_cfg.run_resources()
+    return max(1, int(total.get(key, 0.0) / need + 1e-9))
 
 
 def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), timed=None) -> dict[str, LavicRun]:
@@ -161,16 +161,16 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
     import ray
     from concurrent.futures import ThreadPoolExecutor
 
-    todo = sorted((n for n in names if not stage_done(art.stage2(n))), key=lambda n: VARIANTS[n] is None)
+    todo = [n for n in names if not stage_done(art.stage2(n))]
     runs = {n: stage2(cfg, art, n) for n in names if n not in todo}
     total = ray.cluster_resources() if ray.is_initialized() else {}
     lanes = min(len(todo), concurrent_runs(cfg.stage2, total)) if todo and total else 1
-    call = (lambda label, fn, *a: timed(label, fn, *a)) if timed else (lambda label, fn, *a: fn(*a))
-    if lanes <= 1:
-        runs.update({n: call(f"stage 2 ({n})", stage2, cfg, art, n) for n in todo})
-        return {n: runs[n] for n in names}
+    call = timed or (lambda label, fn, *a: fn(*a))
+    if lanes > 1:
+        todo.sort(key=lambda n: VARIANTS[n] is None)  # the longer runs (with vectors) in the first wave
     waves = [todo[i: i + lanes] for i in range(0, len(todo), lanes)]
-    log.info("stage 2: %d variants, %d at a time: %s", len(todo), lanes, " then ".join(" + ".join(w) for w in waves))
+    if lanes > 1:
+        log.info("stage 2: %d variants, %d at a time: %s", len(todo), lanes, " then ".join(" + ".join(w) for w in waves))
     for wave in waves:
         wcfg = cfg
         if len(wave) < lanes and not cfg.stage2.use_gpu:  # a short last wave: share the idle CPUs out
@@ -178,6 +178,9 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
             if share > cfg.stage2.cpus_per_worker:
                 wcfg = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"cpus_per_worker": float(share)})})
                 log.info("stage 2: %s on %d CPUs per worker", " + ".join(wave), share)
+        if len(wave) == 1:  # in this thread: Ray Train's Ctrl-C handler only installs in the main thread
+            runs[wave[0]] = call(f"stage 2 ({wave[0]})", stage2, wcfg, art, wave[0])
+            continue
         errors = {}
         with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="stage2") as pool:
             futures = {n: pool.submit(call, f"stage 2 ({n})", stage2, wcfg, art, n) for n in wave}
