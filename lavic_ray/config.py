@@ -192,6 +192,11 @@ class Stage2Config(StageConfig):
     pointwise_loss: Literal["yes_no", "ranking", "both"] = Field(
         "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate; 'ranking' = softmax over a "
                               "sample's candidates of log P(yes) - log P(no), the score candidates are ranked by; 'both' = their sum")
+    prefix_sharing: Literal["auto", "packed", "cache", "none"] = Field(
+        "auto", description="pointwise: how a conversation prefix is shared by its candidates, in training and scoring "
+                            "(the same numbers every way): 'packed' = one pass, candidates after the prefix under a block "
+                            "attention mask; 'cache' = the prefix's KV cache copied per candidate; 'none' = one sequence per "
+                            "candidate; 'auto' = packed, or cache/none under FlashAttention-2, which takes no such mask")
     use_images: bool = True
     candidates_key: str = "candidates_st"
 

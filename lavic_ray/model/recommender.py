@@ -56,6 +56,7 @@ class Recommender:
         self.builder = PromptBuilder(ck.tokenizer, ck.image_token_id, s.max_length, s.layout, s.answer, s.use_images)
         self.table = VectorTable.load(table) if s.use_images else None
         self.formulation = s.formulation
+        self.sharing = s.prefix_sharing
         self.max_rows = max_rows
         self.stage2_dir = d
         self.autocast = s.engine.precision == "bf16-mixed" and (dtype or cfg.model.dtype) == "float32"
@@ -68,11 +69,12 @@ class Recommender:
         """Candidate scores (higher is better) for a batch of ``(turns, [(item_id, title), ...])``."""
         device = next(self.model.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return score_batch(self.model, self.builder, self.formulation, requests, self.lookup, self.max_rows)
+            return score_batch(self.model, self.builder, self.formulation, requests, self.lookup, self.max_rows,
+                               self.sharing)
 
     def describe(self) -> dict:
         s = self.cfg.stage2
-        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation,
+        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation, "prefix_sharing": self.sharing,
                 "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
                 "table_items": len(self.table) if self.table is not None else 0,
                 "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads(),

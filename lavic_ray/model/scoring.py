@@ -13,7 +13,18 @@ every candidate gets a score: ValidRatio is 1.0 by construction.
 
 Pointwise: the conversation is the prefix; each candidate suffix (its 5 vectors,
 its title, the question) continues it; the score is log P(" yes") - log P(" no")
-at the end of the suffix.
+at the end of the suffix. Three ways to share the prefix give the same numbers
+(``sharing``):
+
+* ``packed`` (the default): one row per request, the prefix followed by every
+  candidate suffix, with a block attention mask (a suffix sees the prefix and
+  itself, never another suffix) and position ids that restart after the prefix
+  for each suffix. One forward pass, no KV-cache copies, and it works under
+  gradient checkpointing. It needs an attention kernel that takes an arbitrary
+  mask (SDPA, eager); FlashAttention-2 does not, so ``auto`` picks ``cache`` there.
+* ``cache``: the prefixes run once, their KV caches are gathered per candidate
+  and the suffixes continue from them.
+* ``none``: each (conversation + candidate) is a sequence of its own.
 """
 
 from __future__ import annotations
@@ -100,8 +111,64 @@ def score_listwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequenc
     return scores
 
 
+SHARING = ("auto", "packed", "cache", "none")
+
+
+def resolve_sharing(model: LaViC, sharing: str = "auto", gradient_checkpointing: bool = False) -> str:
+    """The prefix-sharing mode ``auto`` stands for on this model (see the module docs)."""
+    if sharing not in SHARING:
+        raise ValueError(f"unknown prefix sharing {sharing!r}; use one of {', '.join(SHARING)}")
+    if sharing != "auto":
+        if sharing == "cache" and gradient_checkpointing:
+            raise ValueError("prefix sharing 'cache' keeps KV caches, which gradient checkpointing drops: use 'packed' or 'none'")
+        return sharing
+    impl = getattr(model.base.config.get_text_config(), "_attn_implementation", None) or "sdpa"
+    if "flash" not in str(impl):
+        return "packed"
+    return "none" if gradient_checkpointing else "cache"
+
+
+def _packed_last(model: LaViC, prefixes: list[list[int]], suffixes: list[list[list[int]]], vectors: torch.Tensor | None,
+                 pad: int) -> torch.Tensor:
+    """Logits at the last token of every suffix, each request's suffixes packed after its prefix.
+
+    Row ``b`` is ``prefix_b + suffix_b1 + suffix_b2 + ...`` (right-padded); a suffix
+    token attends to its own prefix and to the earlier tokens of its own suffix, and
+    its position continues the prefix as if the suffix came right after it.
+    Returns ``(total suffixes, vocabulary)``, request-major.
+    """
+    device = next(model.parameters()).device
+    rows = [p + [t for s in suf for t in s] for p, suf in zip(prefixes, suffixes)]
+    ids, _ = _pad(rows, pad, "right")
+    ids = ids.to(device)
+    B, T = ids.shape
+    # segment lengths per row: the prefix (segment 0), each suffix (1..n), the padding (-1)
+    seg_lens = [[len(p)] + [len(s) for s in suf] + [T - len(r)] for p, suf, r in zip(prefixes, suffixes, rows)]
+    seg_ids = [list(range(len(sl) - 1)) + [-1] for sl in seg_lens]
+    flat_lens = torch.tensor([n for sl in seg_lens for n in sl])
+    seg = torch.repeat_interleave(torch.tensor([i for si in seg_ids for i in si]), flat_lens)
+    within = torch.arange(B * T) - torch.repeat_interleave(torch.cumsum(flat_lens, 0) - flat_lens, flat_lens)
+    prefix_len = torch.repeat_interleave(torch.tensor([len(p) for p in prefixes]), T)
+    pos = torch.where(seg > 0, prefix_len + within, within).view(B, T).to(device)  # suffixes continue the prefix
+    seg = seg.view(B, T).to(device)
+    q, k = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+    sk, sq = seg[:, None, :], seg[:, :, None]
+    allow = (k <= q) & (sk >= 0) & ((sk == 0) | (sk == sq))
+    allow = allow | torch.eye(T, dtype=torch.bool, device=device)  # padding queries see themselves (no empty rows)
+    embeds = model.embed(ids, vectors)
+    impl = getattr(model.base.config.get_text_config(), "_attn_implementation", None) or "sdpa"
+    mask = allow[:, None]
+    if impl == "eager":  # eager attention adds the mask to the scores
+        mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=device).masked_fill(~mask, torch.finfo(embeds.dtype).min)
+    hidden = model.base.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).last_hidden_state
+    ends = torch.tensor([b * T + len(prefixes[b]) + sum(map(len, suf[: i + 1])) - 1
+                         for b, suf in enumerate(suffixes) for i in range(len(suf))], device=device)
+    return model.base.lm_head(hidden.reshape(B * T, -1)[ends])
+
+
 def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence[Request], lookup: VectorLookup | None,
-                        max_rows: int | None = DEFAULT_MAX_ROWS, share_prefix: bool = True) -> tuple[torch.Tensor, int]:
+                        max_rows: int | None = DEFAULT_MAX_ROWS, sharing: str = "auto",
+                        gradient_checkpointing: bool = False) -> tuple[torch.Tensor, int]:
     """log P(" yes") and log P(" no") at the end of every candidate's suffix.
 
     Differentiable: stage 2 trains on it (through the engine's forward, see
@@ -110,15 +177,17 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
 
     Args:
         requests: ``(turns, [(item_id, title), ...])`` each.
-        max_rows: Candidate rows per continuation pass (None: all at once).
-        share_prefix: Run each conversation once and continue every candidate from its
-            KV cache. False runs each (conversation + candidate) as a sequence of its own:
-            the same numbers, for gradient checkpointing (which drops caches).
+        max_rows: Candidates per pass (None: all at once); ``packed`` keeps a request's
+            candidates in one pass, so a pass may hold more when one request has more.
+        sharing: How the conversation prefix is shared by its candidates: ``packed``,
+            ``cache``, ``none`` or ``auto`` (module docs); the same numbers every way.
+        gradient_checkpointing: The model runs with it (rules out ``cache``).
 
     Returns:
         ``(total candidates, 2)``, request-major, candidates in list order; and the
         number of input tokens that ran (for throughput figures).
     """
+    mode = resolve_sharing(model, sharing, gradient_checkpointing)
     pad = _pad_id(builder)
     device = next(model.parameters()).device
     suffixes = [[builder.pointwise_suffix(i, t) for i, t in cands] for _, cands in requests]
@@ -126,36 +195,51 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
     yes_no = torch.tensor(builder.yes_no_ids(), device=device)
     todo = [(b, i) for b, (_, cands) in enumerate(requests) for i in range(len(cands))]
     step = max_rows or len(todo)
-    past = None
     n_suffix = sum(len(suffixes[b][i]) for b, i in todo)
-    if share_prefix:
+
+    def vectors_of(chunk):
+        return lookup([requests[b][1][i][0] for b, i in chunk]).to(device) if builder.use_images else None
+
+    out = []
+    if mode == "packed":
+        tokens = sum(map(len, prefixes)) + n_suffix
+        groups, group = [], []
+        for b in range(len(requests)):
+            if group and sum(len(suffixes[g]) for g in group) + len(suffixes[b]) > step:
+                groups.append(group)
+                group = []
+            group.append(b)
+        groups += [group] if group else []
+        for group in groups:
+            last = _packed_last(model, [prefixes[b] for b in group], [suffixes[b] for b in group],
+                                vectors_of([(b, i) for b in group for i in range(len(suffixes[b]))]), pad)
+            out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
+    elif mode == "cache":
         _, past, mask, lengths = _prefix(model, prefixes, [], None, pad)
         tokens = sum(map(len, prefixes)) + n_suffix
+        for start in range(0, len(todo), step):
+            chunk = todo[start: start + step]
+            logits, _ = _continue(model, past, mask, lengths, [b for b, _ in chunk], [suffixes[b][i] for b, i in chunk],
+                                  vectors_of(chunk), pad, side="left", logits_to_keep=1)
+            out.append(F.log_softmax(logits[:, -1].float(), dim=-1)[:, yes_no])
     else:
         tokens = sum(len(prefixes[b]) for b, _ in todo) + n_suffix
-    out = []
-    for start in range(0, len(todo), step):
-        chunk = todo[start: start + step]
-        ids = [requests[b][1][i][0] for b, i in chunk]
-        if past is not None:
-            vectors = lookup(ids).to(device) if builder.use_images else None
-            logits, _ = _continue(model, past, mask, lengths, [b for b, _ in chunk], [suffixes[b][i] for b, i in chunk],
-                                  vectors, pad, side="left", logits_to_keep=1)
-            last = logits[:, -1]
-        else:
-            last, _, _, _ = _prefix(model, [prefixes[b] + suffixes[b][i] for b, i in chunk], ids if builder.use_images else [],
+        for start in range(0, len(todo), step):
+            chunk = todo[start: start + step]
+            last, _, _, _ = _prefix(model, [prefixes[b] + suffixes[b][i] for b, i in chunk],
+                                    [requests[b][1][i][0] for b, i in chunk] if builder.use_images else [],
                                     lookup, pad, use_cache=False)
-        out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
+            out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
     return (torch.cat(out) if out else torch.zeros(0, 2, device=device)), tokens
 
 
 @torch.no_grad()
 def score_pointwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequence[Request], lookup: VectorLookup | None,
-                          max_rows: int = DEFAULT_MAX_ROWS) -> list[list[float]]:
+                          max_rows: int = DEFAULT_MAX_ROWS, sharing: str = "auto") -> list[list[float]]:
     """log P(yes) - log P(no) per candidate, each conversation prefix computed once."""
     if not requests:
         return []
-    lp, _ = pointwise_log_probs(model, builder, requests, lookup, max_rows)
+    lp, _ = pointwise_log_probs(model, builder, requests, lookup, max_rows, sharing)
     margins = (lp[:, 0] - lp[:, 1]).tolist()
     out, n = [], 0
     for _, cands in requests:
@@ -165,12 +249,13 @@ def score_pointwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequen
 
 
 def score_batch(model: LaViC, builder: PromptBuilder, formulation: str, requests: Sequence[Request],
-                lookup: VectorLookup | None, max_rows: int = DEFAULT_MAX_ROWS) -> list[list[float]]:
-    """Scores for a batch of requests with the formulation the stage-2 run was trained with."""
+                lookup: VectorLookup | None, max_rows: int = DEFAULT_MAX_ROWS, sharing: str = "auto") -> list[list[float]]:
+    """Scores for a batch of requests with the formulation the stage-2 run was trained with
+    (``sharing``: the pointwise prefix sharing, see the module docs)."""
     if formulation == "listwise":
         return score_listwise_batch(model, builder, requests, lookup, max_rows)
     if formulation == "pointwise":
-        return score_pointwise_batch(model, builder, requests, lookup, max_rows)
+        return score_pointwise_batch(model, builder, requests, lookup, max_rows, sharing)
     raise ValueError(f"unknown formulation {formulation!r}; use 'listwise' or 'pointwise'")
 
 

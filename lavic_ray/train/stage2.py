@@ -157,7 +157,7 @@ class Stage2Task(Task):
         requests = [(s.conv.turns(), self._candidates(s.candidates)) for s in batch]
         lp, tokens = engine(fn=pointwise_log_probs, builder=self.builder, requests=requests,
                             lookup=self.lookup if self.scfg.use_images else None, max_rows=None,
-                            share_prefix=not self.scfg.engine.gradient_checkpointing)
+                            sharing=self.scfg.prefix_sharing, gradient_checkpointing=self.scfg.engine.gradient_checkpointing)
         kind = self.scfg.pointwise_loss
         loss = lp.new_zeros(())
         if kind in ("yes_no", "both"):
@@ -179,7 +179,8 @@ class Stage2Task(Task):
         for start in range(0, len(self.valid), batch_size):
             convs = self.valid[start: start + batch_size]
             scores = score_batch(module, self.builder, self.scfg.formulation,
-                                 [(c.turns(), self._candidates(c.candidate_list(key))) for c in convs], lookup)
+                                 [(c.turns(), self._candidates(c.candidate_list(key))) for c in convs], lookup,
+                                 sharing=self.scfg.prefix_sharing)
             for conv, sc in zip(convs, scores):
                 cands = conv.candidate_list(key)
                 judged.append(Judged.make(conv.conv_id, conv.gt_items, cands, rank_by_scores(cands, sc, conv.gt_items)))

@@ -223,13 +223,19 @@ def test_batched_scoring_matches_one_request_at_a_time(tiny, model):
     assert score_batch(model, b, "listwise", [], lookup) == []
 
 
-def test_pointwise_training_path_shares_the_prefix_and_passes_gradients(tiny):
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_pointwise_prefix_sharing_modes_agree_in_values_and_gradients(tiny, attn):
+    """packed (block mask), cache (KV copies) and none (one sequence per candidate) compute the same thing."""
     from lavic_ray.model.lora import add_lora
     from lavic_ray.config import LoraConfig
-    from lavic_ray.model.scoring import pointwise_log_probs
+    from lavic_ray.model.scoring import pointwise_log_probs, resolve_sharing
 
+    tiny.model.config.get_text_config()._attn_implementation = attn
     vlm = add_lora(tiny.model, "llm", LoraConfig(r=4, alpha=8, dropout=0.0))
     model = LaViC(vlm, tiny.image_token_id).train()
+    for p in model.parameters():  # LoRA B starts at zero: make the adapter matter
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
     b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
     ids = ["B000000001", "0306406152", "B000000003"]
     vec = {i: torch.randn(NUM_VECTORS, model.hidden_size) for i in ids}
@@ -239,15 +245,31 @@ def test_pointwise_training_path_shares_the_prefix_and_passes_gradients(tiny):
 
     requests = [(parse_turns("<submission>a teal mug with stripes, please</submission><comment>ok</comment>"),
                  [(i, f"Mug {i}") for i in ids]),
-                (parse_turns("<submission>vase</submission>"), [(ids[1], "Vase")])]
-    shared, tokens_shared = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=None)
-    alone, tokens_alone = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=None,
-                                share_prefix=False)
-    assert shared.shape == (4, 2) and torch.allclose(shared, alone, atol=1e-4)
-    assert tokens_shared < tokens_alone  # the first conversation ran once, not three times
-    shared[:, 0].sum().backward()
-    grads = [p.grad for n, p in model.named_parameters() if "lora_" in n]
-    assert grads and all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+                (parse_turns("<submission>vase</submission>"), [(ids[1], "Vase with a much longer title here")])]
+    assert resolve_sharing(model) == "packed"
+    results = {}
+    for mode in ("packed", "cache", "none"):
+        model.zero_grad()
+        lp, tokens = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=None, sharing=mode)
+        (lp[:, 0].sum() - lp[1, 1]).backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if "lora_" in n}
+        results[mode] = (lp.detach(), tokens, grads)
+    packed, cache, none = results["packed"], results["cache"], results["none"]
+    assert packed[0].shape == (4, 2)
+    for other in (cache, none):
+        assert torch.allclose(packed[0], other[0], atol=1e-4)
+        assert all(torch.allclose(packed[2][n], other[2][n], atol=1e-4) for n in packed[2])
+    assert packed[1] == cache[1] < none[1]  # the first conversation ran once, not three times
+    assert any(float(g.abs().sum()) > 0 for g in packed[2].values())
+    # chunks of at most 2 candidates: a request's candidates stay together
+    model.zero_grad()
+    chunked, _ = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=2, sharing="packed")
+    assert torch.allclose(chunked, packed[0], atol=1e-4)
+    with pytest.raises(ValueError, match="gradient checkpointing"):
+        resolve_sharing(model, "cache", gradient_checkpointing=True)
+    tiny.model.config.get_text_config()._attn_implementation = "flash_attention_2"
+    assert resolve_sharing(model) == "cache" and resolve_sharing(model, gradient_checkpointing=True) == "none"
+    tiny.model.config.get_text_config()._attn_implementation = "sdpa"
 
 
 @pytest.mark.parametrize("side", ["right", "left"])
