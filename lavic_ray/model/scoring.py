@@ -191,7 +191,7 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
     pad = _pad_id(builder)
     device = next(model.parameters()).device
     suffixes = [[builder.pointwise_suffix(i, t) for i, t in cands] for _, cands in requests]
-    prefixes = [builder.pointwise_prefix(turns, max(len(s) for s in suf) + 2)[0] for (turns, _), suf in zip(requests, suffixes)]
+    prefixes = [builder.pointwise_prefix(turns, max(map(len, suf), default=0) + 2)[0] for (turns, _), suf in zip(requests, suffixes)]
     yes_no = torch.tensor(builder.yes_no_ids(), device=device)
     todo = [(b, i) for b, (_, cands) in enumerate(requests) for i in range(len(cands))]
     step = max_rows or len(todo)

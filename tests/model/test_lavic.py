@@ -265,6 +265,12 @@ def test_pointwise_prefix_sharing_modes_agree_in_values_and_gradients(tiny, attn
     model.zero_grad()
     chunked, _ = model(fn=pointwise_log_probs, builder=b, requests=requests, lookup=lookup, max_rows=2, sharing="packed")
     assert torch.allclose(chunked, packed[0], atol=1e-4)
+    # a request without candidates scores nothing and leaves the others' rows in place
+    with torch.no_grad():
+        for mode in ("packed", "cache", "none"):
+            lp, _ = model(fn=pointwise_log_probs, builder=b, requests=[requests[0], (requests[1][0], []), requests[1]],
+                          lookup=lookup, max_rows=None, sharing=mode)
+            assert torch.allclose(lp, packed[0], atol=1e-4), mode
     with pytest.raises(ValueError, match="gradient checkpointing"):
         resolve_sharing(model, "cache", gradient_checkpointing=True)
     tiny.model.config.get_text_config()._attn_implementation = "flash_attention_2"
