@@ -178,6 +178,10 @@ class Stage1Config(StageConfig):
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of images held out for validation perplexity")
 
 
+#: How a pointwise conversation prefix is shared by its candidates (lavic_ray.model.scoring).
+PrefixSharing = Literal["auto", "packed", "cache", "none"]
+
+
 class Stage2Config(StageConfig):
     """Recommendation fine-tuning (LoRA on the language model)."""
 
@@ -192,7 +196,7 @@ class Stage2Config(StageConfig):
     pointwise_loss: Literal["yes_no", "ranking", "both"] = Field(
         "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate; 'ranking' = softmax over a "
                               "sample's candidates of log P(yes) - log P(no), the score candidates are ranked by; 'both' = their sum")
-    prefix_sharing: Literal["auto", "packed", "cache", "none"] = Field(
+    prefix_sharing: PrefixSharing = Field(
         "auto", description="pointwise: how a conversation prefix is shared by its candidates, in training and scoring "
                             "(the same numbers every way): 'packed' = one pass, candidates after the prefix under a block "
                             "attention mask; 'cache' = the prefix's KV cache copied per candidate; 'none' = one sequence per "

@@ -74,8 +74,8 @@ class Recommender:
 
     def describe(self) -> dict:
         s = self.cfg.stage2
-        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation, "prefix_sharing": self.sharing,
-                "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
+        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation,
+                "prefix_sharing": self.sharing, "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
                 "table_items": len(self.table) if self.table is not None else 0,
                 "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads(),
                 "autocast_bf16": self.autocast}

@@ -31,11 +31,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import get_args
 
 import torch
 import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
+from lavic_ray.config import PrefixSharing
 from lavic_ray.data.records import Turn
 from lavic_ray.model.lavic import LaViC
 from lavic_ray.model.prompts import IGNORE, LETTERS, Encoded, PromptBuilder, collate
@@ -111,7 +113,12 @@ def score_listwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequenc
     return scores
 
 
-SHARING = ("auto", "packed", "cache", "none")
+SHARING = get_args(PrefixSharing)
+
+
+def _attn_impl(model: LaViC) -> str:
+    """The language model's attention implementation (transformers' default, SDPA, when unset)."""
+    return str(getattr(model.base.config.get_text_config(), "_attn_implementation", None) or "sdpa")
 
 
 def resolve_sharing(model: LaViC, sharing: str = "auto", gradient_checkpointing: bool = False) -> str:
@@ -122,8 +129,7 @@ def resolve_sharing(model: LaViC, sharing: str = "auto", gradient_checkpointing:
         if sharing == "cache" and gradient_checkpointing:
             raise ValueError("prefix sharing 'cache' keeps KV caches, which gradient checkpointing drops: use 'packed' or 'none'")
         return sharing
-    impl = getattr(model.base.config.get_text_config(), "_attn_implementation", None) or "sdpa"
-    if "flash" not in str(impl):
+    if "flash" not in _attn_impl(model):
         return "packed"
     return "none" if gradient_checkpointing else "cache"
 
@@ -146,7 +152,8 @@ def _packed_last(model: LaViC, prefixes: list[list[int]], suffixes: list[list[li
     seg_lens = [[len(p)] + [len(s) for s in suf] + [T - len(r)] for p, suf, r in zip(prefixes, suffixes, rows)]
     seg_ids = [list(range(len(sl) - 1)) + [-1] for sl in seg_lens]
     flat_lens = torch.tensor([n for sl in seg_lens for n in sl])
-    seg = torch.repeat_interleave(torch.tensor([i for si in seg_ids for i in si]), flat_lens)
+    flat_ids = torch.tensor([i for si in seg_ids for i in si])
+    seg = torch.repeat_interleave(flat_ids, flat_lens)
     within = torch.arange(B * T) - torch.repeat_interleave(torch.cumsum(flat_lens, 0) - flat_lens, flat_lens)
     prefix_len = torch.repeat_interleave(torch.tensor([len(p) for p in prefixes]), T)
     pos = torch.where(seg > 0, prefix_len + within, within).view(B, T).to(device)  # suffixes continue the prefix
@@ -156,13 +163,11 @@ def _packed_last(model: LaViC, prefixes: list[list[int]], suffixes: list[list[li
     allow = (k <= q) & (sk >= 0) & ((sk == 0) | (sk == sq))
     allow = allow | torch.eye(T, dtype=torch.bool, device=device)  # padding queries see themselves (no empty rows)
     embeds = model.embed(ids, vectors)
-    impl = getattr(model.base.config.get_text_config(), "_attn_implementation", None) or "sdpa"
     mask = allow[:, None]
-    if impl == "eager":  # eager attention adds the mask to the scores
+    if _attn_impl(model) == "eager":  # eager attention adds the mask to the scores
         mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=device).masked_fill(~mask, torch.finfo(embeds.dtype).min)
     hidden = model.base.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).last_hidden_state
-    ends = torch.tensor([b * T + len(prefixes[b]) + sum(map(len, suf[: i + 1])) - 1
-                         for b, suf in enumerate(suffixes) for i in range(len(suf))], device=device)
+    ends = (torch.cumsum(flat_lens, 0) - 1)[flat_ids > 0].to(device)  # each suffix's last token, flat over (B, T)
     return model.base.lm_head(hidden.reshape(B * T, -1)[ends])
 
 
@@ -195,20 +200,24 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
     yes_no = torch.tensor(builder.yes_no_ids(), device=device)
     todo = [(b, i) for b, (_, cands) in enumerate(requests) for i in range(len(cands))]
     step = max_rows or len(todo)
-    n_suffix = sum(len(suffixes[b][i]) for b, i in todo)
+    n_prefix = sum(len(prefixes[b]) for b, _ in todo) if mode == "none" else sum(map(len, prefixes))
+    tokens = n_prefix + sum(len(suffixes[b][i]) for b, i in todo)
+
+    def ids_of(chunk):  # the item ids of (request, candidate) pairs
+        return [requests[b][1][i][0] for b, i in chunk]
 
     def vectors_of(chunk):
-        return lookup([requests[b][1][i][0] for b, i in chunk]).to(device) if builder.use_images else None
+        return lookup(ids_of(chunk)).to(device) if builder.use_images else None
 
     out = []
     if mode == "packed":
-        tokens = sum(map(len, prefixes)) + n_suffix
-        groups, group = [], []
+        groups, group, rows = [], [], 0
         for b in range(len(requests)):
-            if group and sum(len(suffixes[g]) for g in group) + len(suffixes[b]) > step:
+            if group and rows + len(suffixes[b]) > step:
                 groups.append(group)
-                group = []
+                group, rows = [], 0
             group.append(b)
+            rows += len(suffixes[b])
         groups += [group] if group else []
         for group in groups:
             last = _packed_last(model, [prefixes[b] for b in group], [suffixes[b] for b in group],
@@ -216,18 +225,16 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
             out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
     elif mode == "cache":
         _, past, mask, lengths = _prefix(model, prefixes, [], None, pad)
-        tokens = sum(map(len, prefixes)) + n_suffix
         for start in range(0, len(todo), step):
             chunk = todo[start: start + step]
             logits, _ = _continue(model, past, mask, lengths, [b for b, _ in chunk], [suffixes[b][i] for b, i in chunk],
                                   vectors_of(chunk), pad, side="left", logits_to_keep=1)
             out.append(F.log_softmax(logits[:, -1].float(), dim=-1)[:, yes_no])
     else:
-        tokens = sum(len(prefixes[b]) for b, _ in todo) + n_suffix
         for start in range(0, len(todo), step):
             chunk = todo[start: start + step]
             last, _, _, _ = _prefix(model, [prefixes[b] + suffixes[b][i] for b, i in chunk],
-                                    [requests[b][1][i][0] for b, i in chunk] if builder.use_images else [],
+                                    ids_of(chunk) if builder.use_images else [],
                                     lookup, pad, use_cache=False)
             out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
     return (torch.cat(out) if out else torch.zeros(0, 2, device=device)), tokens
