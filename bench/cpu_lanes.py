@@ -29,8 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "lavic_ray" / "presets" / "quickstart_small.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quickstart_workdir import PRESET, REPO, check_workdir, samples_per_s, stage2_command  # noqa: E402
 
 
 def run_set(workdir: Path, procs: int, threads: int, steps: int, scratch: Path) -> dict:
@@ -38,10 +39,7 @@ def run_set(workdir: Path, procs: int, threads: int, steps: int, scratch: Path) 
     running = []
     for i in range(procs):
         out = scratch / f"p{procs}x{threads}_{i}"
-        cmd = [sys.executable, "-m", "lavic_ray.cli", "recommend", "--no-ray", "--json", "--catalog", str(workdir / "catalog"),
-               "--out", str(out), "--table", str(workdir / "items" / "distilled.parquet"), "--config", str(PRESET),
-               "--checkpoint", str(workdir / "models" / "small"), "--set", f"stage2.max_steps={steps}",
-               "--set", f"stage2.eval_every={10 * steps}", "--set", "stage2.eval_limit=1", "--set", "stage2.log_every=5"]
+        cmd = stage2_command(workdir, out, steps)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         running.append(subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True))
     t0 = time.monotonic()
@@ -50,7 +48,7 @@ def run_set(workdir: Path, procs: int, threads: int, steps: int, scratch: Path) 
         stdout, _ = p.communicate()
         if p.returncode:
             raise RuntimeError(f"a stage-2 run failed (exit {p.returncode}): {stdout[-2000:]}")
-        rates.append(json.loads(stdout.strip().splitlines()[-1])["samples_per_s"])
+        rates.append(samples_per_s(stdout))
     return {"processes": procs, "threads_each": threads, "samples_per_s_each": [round(r, 3) for r in rates],
             "samples_per_s_total": round(sum(rates), 3), "wall_s": round(time.monotonic() - t0, 1)}
 
@@ -61,10 +59,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "cpu_lanes.json"))
     a = p.parse_args()
-    workdir = Path(a.workdir).resolve()
-    for need in ("catalog", "models/small/config.json", "items/distilled.parquet"):
-        if not (workdir / need).exists():
-            raise SystemExit(f"{workdir / need} is missing: run `lavic quickstart --workdir {a.workdir}` first")
+    workdir = check_workdir(a.workdir)
     cores = os.cpu_count() or 1
     sets = [(1, cores), (cores, 1)] + ([(3, 1)] if cores != 3 else [])
     results = []

@@ -36,21 +36,19 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-PRESET = REPO / "lavic_ray" / "presets" / "quickstart_small.yaml"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from quickstart_workdir import PRESET, REPO, check_workdir, samples_per_s, stage2_command  # noqa: E402
+
 MODES = ("packed", "cache", "none")
 
 
 def train(workdir: Path, mode: str, steps: int, out: Path) -> float:
-    cmd = [sys.executable, "-m", "lavic_ray.cli", "recommend", "--no-ray", "--json", "--catalog", str(workdir / "catalog"),
-           "--out", str(out), "--table", str(workdir / "items" / "distilled.parquet"), "--config", str(PRESET),
-           "--checkpoint", str(workdir / "models" / "small"), "--set", f"stage2.max_steps={steps}",
-           "--set", f"stage2.prefix_sharing={mode}", "--set", f"stage2.eval_every={10 * steps}",
-           "--set", "stage2.eval_limit=1", "--set", "stage2.log_every=5", "--set", "stage2.cpus_per_worker=2"]
-    p = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    p = subprocess.run(stage2_command(workdir, out, steps, f"stage2.prefix_sharing={mode}"), cwd=REPO,
+                       capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(f"stage 2 ({mode}) failed (exit {p.returncode}): {p.stderr[-3000:]}")
-    return float(json.loads(p.stdout.strip().splitlines()[-1])["samples_per_s"])
+    return samples_per_s(p.stdout)
 
 
 def rerank(stage2_dir: Path, workdir: Path, repeats: int) -> dict:
@@ -103,10 +101,7 @@ def main() -> int:
     p.add_argument("--repeats", type=int, default=5, help="timed reranker calls per mode and batch size")
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "prefix_sharing.json"))
     a = p.parse_args()
-    workdir = Path(a.workdir).resolve()
-    for need in ("catalog", "models/small/config.json", "items/distilled.parquet"):
-        if not (workdir / need).exists():
-            raise SystemExit(f"{workdir / need} is missing: run `lavic quickstart --workdir {a.workdir}` first")
+    workdir = check_workdir(a.workdir)
     training = {}
     with tempfile.TemporaryDirectory(prefix="lavic-sharing-") as scratch:
         for mode in MODES:
