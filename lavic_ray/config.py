@@ -178,7 +178,7 @@ class Stage1Config(StageConfig):
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of images held out for validation perplexity")
 
 
-#: How a pointwise conversation prefix is shared by its candidates (lavic_ray.model.scoring).
+#: How a prompt prefix is shared by its candidates' continuations (lavic_ray.model.scoring).
 PrefixSharing = Literal["auto", "packed", "cache", "none"]
 
 
@@ -197,10 +197,11 @@ class Stage2Config(StageConfig):
         "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate; 'ranking' = softmax over a "
                               "sample's candidates of log P(yes) - log P(no), the score candidates are ranked by; 'both' = their sum")
     prefix_sharing: PrefixSharing = Field(
-        "auto", description="pointwise: how a conversation prefix is shared by its candidates, in training and scoring "
-                            "(the same numbers every way): 'packed' = one pass, candidates after the prefix under a block "
-                            "attention mask; 'cache' = the prefix's KV cache copied per candidate; 'none' = one sequence per "
-                            "candidate; 'auto' = packed, or cache/none under FlashAttention-2, which takes no such mask")
+        "auto", description="how a prompt is shared by its candidates' continuations (pointwise: candidate suffixes after "
+                            "the conversation, in training and scoring; listwise scoring: answers after the prompt), the "
+                            "same numbers every way: 'packed' = one pass, continuations after the prefix under a block "
+                            "attention mask; 'cache' = the prefix's KV cache copied per continuation; 'none' = one sequence "
+                            "per candidate; 'auto' = packed, or cache/none under FlashAttention-2, which takes no such mask")
     use_images: bool = True
     candidates_key: str = "candidates_st"
 

@@ -2,29 +2,33 @@
 
 Both scorers take a *batch* of requests (a conversation and its candidate list
 each) so that a serving replica or an evaluation loop amortises one forward pass
-over many conversations. The prompts are left-padded into one prefix pass; the
-KV cache rows are then gathered per candidate and the candidate continuations run
-in right-padded chunks of at most ``max_rows`` rows (bounding cache memory on a
-7B model), with position ids that continue each row's own prefix.
+over many conversations, at most ``max_rows`` candidates per pass (bounding
+memory on a 7B model).
 
 Listwise: the prompt (conversation + all candidates + answer cue) is the prefix;
-the score of a candidate is the summed log-likelihood of its answer tokens, so
-every candidate gets a score: ValidRatio is 1.0 by construction.
+each candidate's answer (its ID, or letter, and EOS) is its continuation, and its
+score is the answer's summed log-likelihood, so every candidate gets a score:
+ValidRatio is 1.0 by construction.
 
 Pointwise: the conversation is the prefix; each candidate suffix (its 5 vectors,
 its title, the question) continues it; the score is log P(" yes") - log P(" no")
-at the end of the suffix. Three ways to share the prefix give the same numbers
-(``sharing``):
+at the end of the suffix.
+
+Three ways to share a prefix among its continuations give the same numbers
+(``sharing``, ``stage2.prefix_sharing``):
 
 * ``packed`` (the default): one row per request, the prefix followed by every
-  candidate suffix, with a block attention mask (a suffix sees the prefix and
-  itself, never another suffix) and position ids that restart after the prefix
-  for each suffix. One forward pass, no KV-cache copies, and it works under
+  continuation, with a block attention mask (a continuation sees the prefix and
+  itself, never another one) and position ids that restart after the prefix for
+  each continuation. One forward pass, no KV-cache copies, and it works under
   gradient checkpointing. It needs an attention kernel that takes an arbitrary
   mask (SDPA, eager); FlashAttention-2 does not, so ``auto`` picks ``cache`` there.
-* ``cache``: the prefixes run once, their KV caches are gathered per candidate
-  and the suffixes continue from them.
-* ``none``: each (conversation + candidate) is a sequence of its own.
+* ``cache``: the prefixes run once (left-padded), their KV caches are gathered per
+  continuation and the continuations run from them.
+* ``none``: each prefix + continuation is a sequence of its own.
+
+Pointwise training (stage 2) runs through :func:`pointwise_log_probs` with the
+same modes; listwise training needs none of this (one answer per prompt).
 """
 
 from __future__ import annotations
@@ -93,23 +97,60 @@ def _continue(model: LaViC, past, mask: torch.Tensor, lengths: torch.Tensor, row
 
 @torch.no_grad()
 def score_listwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequence[Request], lookup: VectorLookup | None,
-                         max_rows: int = DEFAULT_MAX_ROWS) -> list[list[float]]:
-    """Summed log-likelihood of each candidate's answer after its request's prompt."""
+                         max_rows: int = DEFAULT_MAX_ROWS, sharing: str = "auto") -> list[list[float]]:
+    """Summed log-likelihood of each candidate's answer after its request's prompt.
+
+    ``sharing`` as in the module docs: ``packed`` puts every candidate's answer after
+    the prompt in one row (block mask), ``cache`` continues each answer from a copy of
+    the prompt's KV cache, ``none`` runs prompt + answer per candidate.
+    """
     if not requests:
         return []
+    mode = resolve_sharing(model, sharing)
     pad = _pad_id(builder)
+    device = next(model.parameters()).device
     encs = [builder.listwise(turns, cands, None) for turns, cands in requests]
-    first, past, mask, lengths = _prefix(model, [e.input_ids for e in encs], [k for e in encs for k in e.images], lookup, pad)
-    first = F.log_softmax(first, dim=-1)
     answers = [builder.answer_ids(cands) for _, cands in requests]
-    scores = [[float(first[b, a[0]]) for a in ans] for b, ans in enumerate(answers)]
-    todo = [(b, i, a) for b, ans in enumerate(answers) for i, a in enumerate(ans) if len(a) > 1]
-    for start in range(0, len(todo), max_rows):
-        chunk = todo[start: start + max_rows]
-        logits, _ = _continue(model, past, mask, lengths, [b for b, _, _ in chunk], [a[:-1] for _, _, a in chunk], None, pad)
-        logp = F.log_softmax(logits.float(), dim=-1)
-        for r, (b, i, a) in enumerate(chunk):
-            scores[b][i] += float(sum(logp[r, j - 1, a[j]] for j in range(1, len(a))))
+    if mode == "cache":
+        first, past, mask, lengths = _prefix(model, [e.input_ids for e in encs], [k for e in encs for k in e.images], lookup, pad)
+        first = F.log_softmax(first, dim=-1)
+        scores = [[float(first[b, a[0]]) for a in ans] for b, ans in enumerate(answers)]
+        todo = [(b, i, a) for b, ans in enumerate(answers) for i, a in enumerate(ans) if len(a) > 1]
+        for start in range(0, len(todo), max_rows):
+            chunk = todo[start: start + max_rows]
+            logits, _ = _continue(model, past, mask, lengths, [b for b, _, _ in chunk], [a[:-1] for _, _, a in chunk], None, pad)
+            logp = F.log_softmax(logits.float(), dim=-1)
+            for r, (b, i, a) in enumerate(chunk):
+                scores[b][i] += float(sum(logp[r, j - 1, a[j]] for j in range(1, len(a))))
+        return scores
+    # packed: one row per request, every answer (less its last token) after the prompt;
+    # none: one row per candidate, the prompt and that answer
+    if mode == "packed":
+        units = [(b, list(range(len(ans)))) for b, ans in enumerate(answers)]
+        groups = _groups([len(ans) for ans in answers], max_rows)
+    else:
+        units = [(b, [i]) for b, ans in enumerate(answers) for i in range(len(ans))]
+        groups = [list(range(u, min(u + max_rows, len(units)))) for u in range(0, len(units), max_rows)]
+    scores = [[0.0] * len(ans) for ans in answers]
+    for group in groups:
+        rows = [units[u] for u in group]
+        if not any(cands for _, cands in rows):
+            continue
+        images = [k for b, _ in rows for k in encs[b].images]
+        vectors = lookup(images).to(device) if images else None
+        hidden, starts = _packed_hidden(model, [encs[b].input_ids for b, _ in rows],
+                                        [[answers[b][i][:-1] for i in cands] for b, cands in rows], vectors, pad)
+        at, target, owner = [], [], []  # the position predicting each answer token, the token, its candidate
+        for (b, cands), st in zip(rows, starts):
+            for s, i in enumerate(cands):
+                a = answers[b][i]
+                at += [st[1] - 1] + [st[1 + s] + j for j in range(len(a) - 1)]  # the prompt's last token, then the answer's
+                target += a
+                owner += [(b, i)] * len(a)
+        logp = F.log_softmax(model.base.lm_head(hidden[torch.tensor(at, dtype=torch.long, device=device)]).float(), dim=-1)
+        picked = logp.gather(1, torch.tensor(target, device=device)[:, None])[:, 0].tolist()
+        for (b, i), v in zip(owner, picked):
+            scores[b][i] += v
     return scores
 
 
@@ -134,18 +175,22 @@ def resolve_sharing(model: LaViC, sharing: str = "auto", gradient_checkpointing:
     return "none" if gradient_checkpointing else "cache"
 
 
-def _packed_last(model: LaViC, prefixes: list[list[int]], suffixes: list[list[list[int]]], vectors: torch.Tensor | None,
-                 pad: int) -> torch.Tensor:
-    """Logits at the last token of every suffix, each request's suffixes packed after its prefix.
+def _packed_hidden(model: LaViC, prefixes: list[list[int]], suffixes: list[list[list[int]]], vectors: torch.Tensor | None,
+                   pad: int) -> tuple[torch.Tensor, list[list[int]]]:
+    """Final hidden states with each request's suffixes packed after its prefix.
 
     Row ``b`` is ``prefix_b + suffix_b1 + suffix_b2 + ...`` (right-padded); a suffix
     token attends to its own prefix and to the earlier tokens of its own suffix, and
-    its position continues the prefix as if the suffix came right after it.
-    Returns ``(total suffixes, vocabulary)``, request-major.
+    its position continues the prefix as if the suffix came right after it. A batch
+    whose rows hold at most one suffix each is plain causal attention and gets the
+    plain padding mask (so any attention kernel runs it, FlashAttention-2 included).
+
+    Returns the hidden states flattened to ``(rows x length, width)`` and, per row,
+    the flat index where each segment starts (the prefix first, then the suffixes).
     """
     device = next(model.parameters()).device
     rows = [p + [t for s in suf for t in s] for p, suf in zip(prefixes, suffixes)]
-    ids, _ = _pad(rows, pad, "right")
+    ids, pad_mask = _pad(rows, pad, "right")
     ids = ids.to(device)
     B, T = ids.shape
     # segment lengths per row: the prefix (segment 0), each suffix (1..n), the padding (-1)
@@ -153,22 +198,41 @@ def _packed_last(model: LaViC, prefixes: list[list[int]], suffixes: list[list[li
     seg_ids = [list(range(len(sl) - 1)) + [-1] for sl in seg_lens]
     flat_lens = torch.tensor([n for sl in seg_lens for n in sl])
     flat_ids = torch.tensor([i for si in seg_ids for i in si])
+    starts = torch.cumsum(flat_lens, 0) - flat_lens
     seg = torch.repeat_interleave(flat_ids, flat_lens)
-    within = torch.arange(B * T) - torch.repeat_interleave(torch.cumsum(flat_lens, 0) - flat_lens, flat_lens)
+    within = torch.arange(B * T) - torch.repeat_interleave(starts, flat_lens)
     prefix_len = torch.repeat_interleave(torch.tensor([len(p) for p in prefixes]), T)
     pos = torch.where(seg > 0, prefix_len + within, within).view(B, T).to(device)  # suffixes continue the prefix
-    seg = seg.view(B, T).to(device)
-    q, k = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
-    sk, sq = seg[:, None, :], seg[:, :, None]
-    allow = (k <= q) & (sk >= 0) & ((sk == 0) | (sk == sq))
-    allow = allow | torch.eye(T, dtype=torch.bool, device=device)  # padding queries see themselves (no empty rows)
     embeds = model.embed(ids, vectors)
-    mask = allow[:, None]
-    if _attn_impl(model) == "eager":  # eager attention adds the mask to the scores
-        mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=device).masked_fill(~mask, torch.finfo(embeds.dtype).min)
+    if max(map(len, suffixes), default=0) <= 1:
+        mask = pad_mask.to(device)
+    else:
+        seg = seg.view(B, T).to(device)
+        q, k = torch.arange(T, device=device)[:, None], torch.arange(T, device=device)[None, :]
+        sk, sq = seg[:, None, :], seg[:, :, None]
+        allow = (k <= q) & (sk >= 0) & ((sk == 0) | (sk == sq))
+        allow = allow | torch.eye(T, dtype=torch.bool, device=device)  # padding queries see themselves (no empty rows)
+        mask = allow[:, None]
+        if _attn_impl(model) == "eager":  # eager attention adds the mask to the scores
+            mask = torch.zeros(mask.shape, dtype=embeds.dtype, device=device).masked_fill(~mask, torch.finfo(embeds.dtype).min)
     hidden = model.base.model.language_model(inputs_embeds=embeds, attention_mask=mask, position_ids=pos).last_hidden_state
-    ends = (torch.cumsum(flat_lens, 0) - 1)[flat_ids > 0].to(device)  # each suffix's last token, flat over (B, T)
-    return model.base.lm_head(hidden.reshape(B * T, -1)[ends])
+    row_starts, n = [], 0
+    for sl in seg_lens:
+        row_starts.append(starts[n: n + len(sl) - 1].tolist())
+        n += len(sl)
+    return hidden.reshape(B * T, -1), row_starts
+
+
+def _groups(sizes: list[int], step: int) -> list[list[int]]:
+    """Consecutive requests in groups of at most ``step`` candidates (a request is never split)."""
+    groups, group, rows = [], [], 0
+    for b, n in enumerate(sizes):
+        if group and rows + n > step:
+            groups.append(group)
+            group, rows = [], 0
+        group.append(b)
+        rows += n
+    return groups + ([group] if group else [])
 
 
 def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence[Request], lookup: VectorLookup | None,
@@ -211,17 +275,13 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
 
     out = []
     if mode == "packed":
-        groups, group, rows = [], [], 0
-        for b in range(len(requests)):
-            if group and rows + len(suffixes[b]) > step:
-                groups.append(group)
-                group, rows = [], 0
-            group.append(b)
-            rows += len(suffixes[b])
-        groups += [group] if group else []
-        for group in groups:
-            last = _packed_last(model, [prefixes[b] for b in group], [suffixes[b] for b in group],
-                                vectors_of([(b, i) for b in group for i in range(len(suffixes[b]))]), pad)
+        for group in _groups([len(suffixes[b]) for b in range(len(requests))], step):
+            if not any(suffixes[b] for b in group):
+                continue
+            hidden, starts = _packed_hidden(model, [prefixes[b] for b in group], [suffixes[b] for b in group],
+                                            vectors_of([(b, i) for b in group for i in range(len(suffixes[b]))]), pad)
+            ends = [st[1 + i] + len(suffixes[b][i]) - 1 for b, st in zip(group, starts) for i in range(len(suffixes[b]))]
+            last = model.base.lm_head(hidden[torch.tensor(ends, dtype=torch.long, device=device)])
             out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
     elif mode == "cache":
         _, past, mask, lengths = _prefix(model, prefixes, [], None, pad)
@@ -258,9 +318,9 @@ def score_pointwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequen
 def score_batch(model: LaViC, builder: PromptBuilder, formulation: str, requests: Sequence[Request],
                 lookup: VectorLookup | None, max_rows: int = DEFAULT_MAX_ROWS, sharing: str = "auto") -> list[list[float]]:
     """Scores for a batch of requests with the formulation the stage-2 run was trained with
-    (``sharing``: the pointwise prefix sharing, see the module docs)."""
+    (``sharing``: how the prompt is shared by the candidates, see the module docs)."""
     if formulation == "listwise":
-        return score_listwise_batch(model, builder, requests, lookup, max_rows)
+        return score_listwise_batch(model, builder, requests, lookup, max_rows, sharing)
     if formulation == "pointwise":
         return score_pointwise_batch(model, builder, requests, lookup, max_rows, sharing)
     raise ValueError(f"unknown formulation {formulation!r}; use 'listwise' or 'pointwise'")

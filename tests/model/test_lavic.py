@@ -278,6 +278,51 @@ def test_pointwise_prefix_sharing_modes_agree_in_values_and_gradients(tiny, attn
     tiny.model.config.get_text_config()._attn_implementation = "sdpa"
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_listwise_prefix_sharing_modes_agree(tiny, attn):
+    """Listwise answers scored packed after the prompt, from copied KV caches, or one sequence each: the same scores,
+    and the scores are the answers' log-likelihoods under a plain forward pass."""
+    from lavic_ray.config import LoraConfig
+    from lavic_ray.model.lora import add_lora
+    from lavic_ray.model.scoring import score_listwise_batch
+
+    tiny.model.config.get_text_config()._attn_implementation = attn
+    vlm = add_lora(tiny.model, "llm", LoraConfig(r=4, alpha=8, dropout=0.0))
+    model = LaViC(vlm, tiny.image_token_id).eval()
+    for p in model.parameters():
+        if p.requires_grad:
+            torch.nn.init.normal_(p, std=0.05)
+    ids = ["B000000001", "0306406152", "B000000003", "B000000004"]
+    vec = {i: torch.randn(NUM_VECTORS, model.hidden_size) for i in ids}
+
+    def lookup(keys):
+        return torch.stack([vec[k] for k in keys])
+
+    requests = [(parse_turns("<submission>a teal mug with stripes, please</submission><comment>ok</comment>"),
+                 [(i, f"Mug {i}") for i in ids]),
+                (parse_turns("<submission>vase</submission>"), []),
+                (parse_turns("<submission>vase</submission>"), [(ids[1], "Vase with a longer title"), (ids[3], "Lamp")])]
+    for answer in ("id", "letter"):
+        b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400, answer=answer)
+        got = {mode: score_listwise_batch(model, b, requests, lookup, max_rows=rows, sharing=mode)
+               for mode in ("packed", "cache", "none") for rows in (64, 3)}
+        packed = got["packed"]
+        assert [len(s) for s in packed] == [4, 0, 2]
+        for mode, scores in got.items():
+            for x, y in zip(scores, packed):
+                assert x == pytest.approx(y, abs=1e-4), mode
+        # the reference: one plain pass over prompt + answer per candidate
+        turns, cands = requests[2]
+        enc = b.listwise(turns, cands, None)
+        for i, a in enumerate(b.answer_ids(cands)):
+            x = torch.tensor([enc.input_ids + a])
+            with torch.no_grad():
+                logits = model(x, torch.ones_like(x), lookup(enc.images)).logits.float()
+            logp = torch.log_softmax(logits[0, len(enc.input_ids) - 1: -1], -1)
+            assert packed[2][i] == pytest.approx(float(logp.gather(1, torch.tensor(a)[:, None]).sum()), abs=1e-4)
+    tiny.model.config.get_text_config()._attn_implementation = "sdpa"
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 def test_labelled_loss_equals_the_full_sequence_loss_and_its_gradients(tiny, side):
     """The output layer at the labelled positions only gives the Hugging Face loss and gradients."""
