@@ -17,8 +17,12 @@ Parts (each prints one JSON line; all land in ``--out``):
   checkpointing); step time, samples/s, tokens/s, MFU, peak memory;
 * ``stage1``: ours (pre-tiled views, only real views through the tower, masked_scatter, batch 4) vs the
   reference (in-step image loading and tiling, padded views too, per-token splice, batch 4);
-* ``rerank``: latency of one 10-candidate request and throughput at 8 requests per call (one prefix pass,
-  batched continuations) vs the naive reranker (re-encodes every candidate's views per request).
+* ``pointwise`` (not in the default ``--parts``): stage 2's pointwise formulation, 1 positive + ``--negatives``
+  candidates per conversation, per ``stage2.prefix_sharing`` mode (``--pointwise-sharing``); MFU counts the
+  tokens the packed layout runs (the conversation once, every candidate suffix once) whatever the mode;
+* ``rerank``: latency of one 10-candidate request and throughput at 8 requests per call (the prompt once,
+  every candidate's answer packed after it, or continued from copies of its KV cache: ``--rerank-sharing``)
+  vs the naive reranker (re-encodes every candidate's views per request).
 
 MFU counts model FLOPs: 2 N per token forward and 2 N backward (activation gradients; LoRA's weight
 gradients are negligible and frozen weights get none), N = the language model's matmul parameters
@@ -301,6 +305,74 @@ class Bench:
         del lavic, opt
         return rows
 
+    def pointwise(self) -> list[dict]:
+        """Stage 2, pointwise formulation: each conversation's candidates (1 positive + ``--negatives``) scored
+        yes/no after it, per ``stage2.prefix_sharing`` mode; the balanced yes/no NLL as in training."""
+        import torch
+
+        from lavic_ray.model.prompts import PromptBuilder
+        from lavic_ray.model.scoring import pointwise_log_probs
+        from lavic_ray.train.stage2 import pointwise_samples
+
+        a = self.args
+        lavic, opt = self.model("llm", 16, 32, a.dropout)
+        lavic.train()
+        builder = PromptBuilder(self.tok, self.image_token_id, 1024, "vectors_first", "id", True)
+        samples = pointwise_samples(self.convs, "candidates_st", 0, a.negatives)
+        lookup = self.table(lavic)
+        rows, it = [], iter(range(10**9))
+
+        def step_fn(mb, sharing, gc):
+            def step():
+                k = next(it)
+                batch = [samples[(k * mb + j) % len(samples)] for j in range(mb)]
+                requests = [(s.conv.turns(), self.cands(s.candidates)) for s in batch]
+                lp, tokens = lavic(fn=pointwise_log_probs, builder=builder, requests=requests, lookup=lookup,
+                                   max_rows=None, sharing=sharing, gradient_checkpointing=gc)
+                positive = torch.tensor([p for s in batch for p in s.positive], device=lp.device)
+                nll = -torch.where(positive, lp[:, 0], lp[:, 1])
+                loss = nll[positive].mean() / 2 + nll[~positive].mean() / 2
+                loss.backward()
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+                step.tokens.append(tokens)
+                suffixes = [[len(builder.pointwise_suffix(i, t)) for i, t in c] for _, c in requests]
+                step.packed.append(sum(len(builder.pointwise_prefix(t, max(n) + 2)[0]) + sum(n)
+                                       for (t, _), n in zip(requests, suffixes)))  # as pointwise_log_probs cuts them
+            step.tokens, step.packed = [], []
+            return step
+
+        gc = a.checkpointing
+        modes = [m for m in a.pointwise_sharing.split(",") if not (gc and m == "cache")]
+        variants = [(modes[0], a.batch)] + [(m, mb) for m in modes for mb in [a.batch] + a.batches]
+        for v, (mode, mb) in enumerate(variants):  # the first runs twice: its first pass warms up
+            self.checkpointing(lavic, gc)
+            self.reset_peak()
+            fn = step_fn(mb, mode, gc)
+            try:
+                times = self.timed(fn, a.steps, a.warmup)
+                if v == 0:
+                    continue
+                if a.profile and mb == a.batch:
+                    rows.append(self.profile(fn, mb, f"pointwise {mode}"))
+            except RuntimeError as e:
+                rows.append({"part": "pointwise", "impl": f"ours-{mode}", "micro_batch": mb, "error": str(e).splitlines()[0][:200]})
+                opt.zero_grad(set_to_none=True)
+                print(json.dumps(rows[-1]), flush=True)
+                continue
+            step_s = statistics.median(times)
+            useful = statistics.mean(fn.packed[a.warmup:])  # the tokens the packed layout runs: the work itself
+            flops = self.model_flops(lavic, [useful / mb] * mb)  # attention counted as causal over each conversation's row
+            rows.append({"part": "pointwise", "impl": f"ours-{mode}", "micro_batch": mb, "candidates": 1 + a.negatives,
+                         "checkpointing": "all" if gc else "none", "step_s": round(step_s, 4),
+                         "samples_per_s": round(mb / step_s, 2), "candidates_per_s": round(mb * (1 + a.negatives) / step_s, 1),
+                         "tokens_run_per_step": round(statistics.mean(fn.tokens[a.warmup:]), 1), "useful_tokens_per_step": round(useful, 1),
+                         "mfu": round(flops / step_s / (PEAK_TFLOPS * 1e12), 4) if self.cuda else None,
+                         "autocast": a.autocast, "peak_gib": self.peak(), "cap_gib": a.cap_gib})
+            print(json.dumps(rows[-1]), flush=True)
+        del lavic, opt
+        return rows
+
     def profile(self, fn, mb, part: str = "stage2") -> dict:
         """One profiled step: busy time against wall time, and the top operators (kernels on a GPU,
         self CPU time on a CPU)."""
@@ -392,7 +464,7 @@ class Bench:
         import torch
 
         from lavic_ray.model.prompts import PromptBuilder
-        from lavic_ray.model.scoring import score_listwise_batch
+        from lavic_ray.model.scoring import score_batch
 
         import reference
 
@@ -404,10 +476,11 @@ class Bench:
         reqs = [(c.turns(), self.cands(c.candidate_list("candidates_st"))) for c in self.convs]
         rows, it = [], iter(range(10**9))
 
-        def ours(n):
+        def ours(n, formulation, sharing):
             def call():
                 k = next(it)
-                score_listwise_batch(lavic, builder, [reqs[(k * n + j) % len(reqs)] for j in range(n)], lookup)
+                score_batch(lavic, builder, formulation, [reqs[(k * n + j) % len(reqs)] for j in range(n)], lookup,
+                            sharing=sharing)
             return call
 
         def naive():
@@ -415,12 +488,15 @@ class Bench:
             reference.rerank(lavic, self.processor, builder.listwise(turns, cands, None), builder.answer_ids(cands),
                              [self.image_path(c) for c, _ in cands])
 
+        variants = [(f"ours-{f}-{m}" if f != "listwise" else f"ours-{m}", ours(n, f, m), n)
+                    for f in a.rerank_formulations.split(",") for m in a.rerank_sharing.split(",") for n in (1, 8)]
+        variants.append(("naive", naive, 1))
         with torch.no_grad():
-            for name, fn, n in (("ours", ours(1), 1), ("ours", ours(8), 8), ("naive", naive, 1)):
+            for name, fn, n in variants:
                 self.reset_peak()
                 times = self.timed(fn, a.steps * 2, a.warmup)
-                if a.profile and name == "ours" and n == 1:
-                    rows.append(self.profile(fn, n, "rerank"))
+                if a.profile and name.startswith("ours") and n == 1:
+                    rows.append(self.profile(fn, n, f"rerank {name}"))
                 call_s = statistics.median(times)
                 rows.append({"part": "rerank", "impl": name, "requests_per_call": n, "latency_ms": round(1000 * call_s, 1),
                              "requests_per_s": round(n / call_s, 2), "p90_ms": round(1000 * sorted(times)[int(0.9 * len(times))], 1),
@@ -451,6 +527,14 @@ def parser(doc: str = __doc__) -> argparse.ArgumentParser:
                                                                    "a 1-request rerank call")
     p.add_argument("--autocast", action="store_true", help="run every variant under bf16 autocast (engine.precision "
                                                            "bf16-mixed; on a CPU with AVX-512 BF16 or AMX)")
+    p.add_argument("--negatives", type=int, default=9, help="pointwise: negatives per positive (stage2.negatives)")
+    p.add_argument("--pointwise-sharing", default="packed,cache,none",
+                   help="pointwise: the prefix-sharing modes to time (cache is skipped under gradient checkpointing)")
+    p.add_argument("--rerank-sharing", default="packed,cache",
+                   help="rerank: the prefix-sharing modes of ours to time (packed: answers packed after the prompt under a "
+                        "block mask; cache: answers continued from copies of the prompt's KV cache)")
+    p.add_argument("--rerank-formulations", default="listwise",
+                   help="rerank: listwise (the paper's; the naive reranker is listwise) and/or pointwise")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--out", default=str(REPO / "bench" / "results" / "gpu_7b.json"))
