@@ -58,35 +58,15 @@ def test_stage2_plain_loop_trains_on_cuda_in_bf16(tmp_path, tiny_dir, catalog, f
     assert any("valid_hr@1" in h for h in json.loads((tmp_path / "s2" / "history.json").read_text()))
 
 
-def test_scoring_on_cuda_matches_cpu(tiny_dir):
-    """Batched listwise scoring with vectors on the GPU gives the CPU's numbers (fp32)."""
+@pytest.mark.parametrize("formulation", ["listwise", "pointwise"])
+def test_scoring_on_cuda_matches_cpu_in_every_sharing_mode(tiny_dir, formulation):
+    """Batched scoring with vectors on the GPU - packed (block mask under SDPA on CUDA), cache and none - gives the
+    CPU's packed numbers (fp32)."""
     from lavic_ray.data.records import Turn
     from lavic_ray.model.checkpoints import load_checkpoint
     from lavic_ray.model.lavic import NUM_VECTORS, LaViC
     from lavic_ray.model.prompts import PromptBuilder
-    from lavic_ray.model.scoring import score_listwise_batch
-
-    ck = load_checkpoint(str(tiny_dir))
-    builder = PromptBuilder(ck.tokenizer, ck.image_token_id, 512, "vectors_first")
-    cands = [(f"B0000000{i:02d}", f"item {i}") for i in range(10)]
-    g = torch.Generator().manual_seed(0)
-    table = {c: torch.randn(NUM_VECTORS, ck.model.config.text_config.hidden_size, generator=g) for c, _ in cands}
-    reqs = [([Turn("submission", "a red striped shirt please")], cands), ([Turn("submission", "something blue")], cands[::-1])]
-    out = {}
-    for device in ("cpu", "cuda"):
-        model = LaViC(ck.model.to(device), ck.image_token_id).eval()
-        out[device] = score_listwise_batch(model, builder, reqs, lambda ids: torch.stack([table[i] for i in ids]))
-    for a, b in zip(out["cpu"], out["cuda"]):
-        assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3, rtol=1e-4)
-
-
-def test_pointwise_prefix_sharing_modes_agree_on_cuda(tiny_dir):
-    """Packed (block mask under SDPA on CUDA), cache and none give the CPU's packed numbers (fp32)."""
-    from lavic_ray.data.records import Turn
-    from lavic_ray.model.checkpoints import load_checkpoint
-    from lavic_ray.model.lavic import NUM_VECTORS, LaViC
-    from lavic_ray.model.prompts import PromptBuilder
-    from lavic_ray.model.scoring import score_pointwise_batch
+    from lavic_ray.model.scoring import score_batch
 
     ck = load_checkpoint(str(tiny_dir))
     builder = PromptBuilder(ck.tokenizer, ck.image_token_id, 512, "vectors_first")
@@ -98,9 +78,9 @@ def test_pointwise_prefix_sharing_modes_agree_on_cuda(tiny_dir):
     def lookup(ids):
         return torch.stack([table[i] for i in ids])
 
-    cpu = score_pointwise_batch(LaViC(ck.model, ck.image_token_id).eval(), builder, reqs, lookup, sharing="packed")
+    cpu = score_batch(LaViC(ck.model, ck.image_token_id).eval(), builder, formulation, reqs, lookup, sharing="packed")
     model = LaViC(ck.model.to("cuda"), ck.image_token_id).eval()
     for mode in ("packed", "cache", "none"):
-        got = score_pointwise_batch(model, builder, reqs, lookup, sharing=mode)
+        got = score_batch(model, builder, formulation, reqs, lookup, sharing=mode)
         for a, b in zip(cpu, got):
             assert torch.allclose(torch.tensor(a), torch.tensor(b), atol=1e-3, rtol=1e-4), mode
