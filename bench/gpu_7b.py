@@ -320,9 +320,11 @@ class Bench:
         builder = PromptBuilder(self.tok, self.image_token_id, 1024, "vectors_first", "id", True)
         samples = pointwise_samples(self.convs, "candidates_st", 0, a.negatives)
         lookup = self.table(lavic)
-        rows, it = [], iter(range(10**9))
+        rows = []
 
         def step_fn(mb, sharing, gc):
+            it = iter(range(10**9))  # every variant sees the same samples in the same order
+
             def step():
                 k = next(it)
                 batch = [samples[(k * mb + j) % len(samples)] for j in range(mb)]
@@ -349,21 +351,22 @@ class Bench:
             self.checkpointing(lavic, gc)
             self.reset_peak()
             fn = step_fn(mb, mode, gc)
+            impl = f"ours-{mode}"
             try:
                 times = self.timed(fn, a.steps, a.warmup)
                 if v == 0:
                     continue
                 if a.profile and mb == a.batch:
-                    rows.append(self.profile(fn, mb, f"pointwise {mode}"))
+                    rows.append(self.profile(fn, mb, f"pointwise {impl}"))
             except RuntimeError as e:
-                rows.append({"part": "pointwise", "impl": f"ours-{mode}", "micro_batch": mb, "error": str(e).splitlines()[0][:200]})
+                rows.append({"part": "pointwise", "impl": impl, "micro_batch": mb, "error": str(e).splitlines()[0][:200]})
                 opt.zero_grad(set_to_none=True)
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             step_s = statistics.median(times)
             useful = statistics.mean(fn.packed[a.warmup:])  # the tokens the packed layout runs: the work itself
             flops = self.model_flops(lavic, [useful / mb] * mb)  # attention counted as causal over each conversation's row
-            rows.append({"part": "pointwise", "impl": f"ours-{mode}", "micro_batch": mb, "candidates": 1 + a.negatives,
+            rows.append({"part": "pointwise", "impl": impl, "micro_batch": mb, "candidates": 1 + a.negatives,
                          "checkpointing": "all" if gc else "none", "step_s": round(step_s, 4),
                          "samples_per_s": round(mb / step_s, 2), "candidates_per_s": round(mb * (1 + a.negatives) / step_s, 1),
                          "tokens_run_per_step": round(statistics.mean(fn.tokens[a.warmup:]), 1), "useful_tokens_per_step": round(useful, 1),
