@@ -262,6 +262,8 @@ def main() -> int:
             time.sleep(1)
         stop.set()
         th.join()
+        # the loop above looks between load rounds (tens of seconds); the 1-second timeline says when
+        up = next((t for t, n in timeline if n >= 2), None) if up is not None else None
         result["phases"]["autoscale"] = {"autoscaling_config": cfgapp.options["Reranker"].get("autoscaling_config"),
                                          "seconds_to_2_replicas_under_load": up, "seconds_idle_to_1_replica": down,
                                          "max_replicas_seen": max(n for _, n in timeline), "loads": loads,
