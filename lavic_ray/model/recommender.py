@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from lavic_ray.config import LavicConfig, load_config
-from lavic_ray.model.scoring import DEFAULT_MAX_ROWS, Request, score_batch
+from lavic_ray.model.scoring import DEFAULT_MAX_ROWS, Request, resolve_sharing, score_batch
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,8 @@ class Recommender:
     def describe(self) -> dict:
         s = self.cfg.stage2
         return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation,
-                "prefix_sharing": self.sharing, "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
+                "prefix_sharing": f"{self.sharing} ({resolve_sharing(self.model, self.sharing)})" if self.sharing == "auto"
+                else self.sharing, "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
                 "table_items": len(self.table) if self.table is not None else 0,
                 "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads(),
                 "autocast_bf16": self.autocast}

@@ -102,4 +102,5 @@ def test_healthz_and_info(handle):
     assert handle.healthz.remote().result()["status"] == "ok"
     info = handle.info.remote().result()
     assert info["reranker"]["formulation"] == "listwise" and info["reranker"]["table_items"] == 192
+    assert info["reranker"]["prefix_sharing"] == "auto (packed)"  # what auto stands for on this model
 
