@@ -304,13 +304,13 @@ def test_listwise_prefix_sharing_modes_agree(tiny, attn):
                 (parse_turns("<submission>vase</submission>"), [(ids[1], "Vase with a longer title"), (ids[3], "Lamp")])]
     for answer in ("id", "letter"):
         b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400, answer=answer)
-        got = {mode: score_listwise_batch(model, b, requests, lookup, max_rows=rows, sharing=mode)
+        got = {(mode, rows): score_listwise_batch(model, b, requests, lookup, max_rows=rows, sharing=mode)
                for mode in ("packed", "cache", "none") for rows in (64, 3)}
-        packed = got["packed"]
+        packed = got["packed", 64]
         assert [len(s) for s in packed] == [4, 0, 2]
-        for mode, scores in got.items():
-            for x, y in zip(scores, packed):
-                assert x == pytest.approx(y, abs=1e-4), mode
+        for key, scores in got.items():
+            for x, y in zip(scores, packed, strict=True):
+                assert x == pytest.approx(y, abs=1e-4), key
         # the reference: one plain pass over prompt + answer per candidate
         turns, cands = requests[2]
         enc = b.listwise(turns, cands, None)
