@@ -63,15 +63,14 @@ def _pad_id(builder: PromptBuilder) -> int:
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
-def _prefix(model: LaViC, prefixes: list[list[int]], images: list[str], lookup: VectorLookup | None, pad: int,
-            use_cache: bool = True):
+def _prefix(model: LaViC, prefixes: list[list[int]], images: list[str], lookup: VectorLookup | None, pad: int):
     """One left-padded pass over the prefixes: (last-position logits, cache, mask, real lengths)."""
     device = next(model.parameters()).device
     ids, mask = _pad(prefixes, pad, "left")
     ids, mask = ids.to(device), mask.to(device)
     vectors = lookup(images).to(device) if images else None
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-    out = model(ids, mask, vectors, position_ids=pos, use_cache=use_cache, logits_to_keep=1)
+    out = model(ids, mask, vectors, position_ids=pos, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1].float(), out.past_key_values, mask, mask.sum(1)
 
 
@@ -125,17 +124,8 @@ def score_listwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequenc
         return scores
     # packed: one row per request, every answer (less its last token) after the prompt;
     # none: one row per candidate, the prompt and that answer
-    if mode == "packed":
-        units = [(b, list(range(len(ans)))) for b, ans in enumerate(answers)]
-        groups = _groups([len(ans) for ans in answers], max_rows)
-    else:
-        units = [(b, [i]) for b, ans in enumerate(answers) for i in range(len(ans))]
-        groups = [list(range(u, min(u + max_rows, len(units)))) for u in range(0, len(units), max_rows)]
     scores = [[0.0] * len(ans) for ans in answers]
-    for group in groups:
-        rows = [units[u] for u in group]
-        if not any(cands for _, cands in rows):
-            continue
+    for rows in _row_groups(list(map(len, answers)), mode, max_rows):
         images = [k for b, _ in rows for k in encs[b].images]
         vectors = lookup(images).to(device) if images else None
         hidden, starts = _packed_hidden(model, [encs[b].input_ids for b, _ in rows],
@@ -223,15 +213,22 @@ def _packed_hidden(model: LaViC, prefixes: list[list[int]], suffixes: list[list[
     return hidden.reshape(B * T, -1), row_starts
 
 
-def _groups(sizes: list[int], step: int) -> list[list[int]]:
-    """Consecutive requests in groups of at most ``step`` candidates (a request is never split)."""
-    groups, group, rows = [], [], 0
-    for b, n in enumerate(sizes):
-        if group and rows + n > step:
+def _row_groups(sizes: list[int], mode: str, step: int) -> list[list[tuple[int, list[int]]]]:
+    """The packed passes for requests with ``sizes`` candidates: lists of rows ``(request, its candidates in the row)``.
+
+    ``packed``: a row per request, all its candidates; ``none``: a row per candidate.
+    Consecutive rows go together up to ``step`` candidates a pass (a row is never
+    split); rows without candidates are dropped.
+    """
+    rows = ([(b, list(range(n))) for b, n in enumerate(sizes) if n] if mode == "packed"
+            else [(b, [i]) for b, n in enumerate(sizes) for i in range(n)])
+    groups, group, count = [], [], 0
+    for row in rows:
+        if group and count + len(row[1]) > step:
             groups.append(group)
-            group, rows = [], 0
-        group.append(b)
-        rows += n
+            group, count = [], 0
+        group.append(row)
+        count += len(row[1])
     return groups + ([group] if group else [])
 
 
@@ -267,35 +264,23 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
     n_prefix = sum(len(prefixes[b]) for b, _ in todo) if mode == "none" else sum(map(len, prefixes))
     tokens = n_prefix + sum(len(suffixes[b][i]) for b, i in todo)
 
-    def ids_of(chunk):  # the item ids of (request, candidate) pairs
-        return [requests[b][1][i][0] for b, i in chunk]
-
-    def vectors_of(chunk):
-        return lookup(ids_of(chunk)).to(device) if builder.use_images else None
+    def vectors_of(chunk):  # the candidates' vectors for (request, candidate) pairs
+        return lookup([requests[b][1][i][0] for b, i in chunk]).to(device) if builder.use_images else None
 
     out = []
-    if mode == "packed":
-        for group in _groups([len(suffixes[b]) for b in range(len(requests))], step):
-            if not any(suffixes[b] for b in group):
-                continue
-            hidden, starts = _packed_hidden(model, [prefixes[b] for b in group], [suffixes[b] for b in group],
-                                            vectors_of([(b, i) for b in group for i in range(len(suffixes[b]))]), pad)
-            ends = [st[1 + i] + len(suffixes[b][i]) - 1 for b, st in zip(group, starts) for i in range(len(suffixes[b]))]
-            last = model.base.lm_head(hidden[torch.tensor(ends, dtype=torch.long, device=device)])
-            out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
-    elif mode == "cache":
+    if mode == "cache":
         _, past, mask, lengths = _prefix(model, prefixes, [], None, pad)
         for start in range(0, len(todo), step):
             chunk = todo[start: start + step]
             logits, _ = _continue(model, past, mask, lengths, [b for b, _ in chunk], [suffixes[b][i] for b, i in chunk],
                                   vectors_of(chunk), pad, side="left", logits_to_keep=1)
             out.append(F.log_softmax(logits[:, -1].float(), dim=-1)[:, yes_no])
-    else:
-        for start in range(0, len(todo), step):
-            chunk = todo[start: start + step]
-            last, _, _, _ = _prefix(model, [prefixes[b] + suffixes[b][i] for b, i in chunk],
-                                    ids_of(chunk) if builder.use_images else [],
-                                    lookup, pad, use_cache=False)
+    else:  # packed: a row per conversation, all its suffixes after it; none: a row per candidate
+        for rows in _row_groups([len(suf) for suf in suffixes], mode, step):
+            hidden, starts = _packed_hidden(model, [prefixes[b] for b, _ in rows], [[suffixes[b][i] for i in c] for b, c in rows],
+                                            vectors_of([(b, i) for b, c in rows for i in c]), pad)
+            ends = [st[1 + s] + len(suffixes[b][i]) - 1 for (b, c), st in zip(rows, starts) for s, i in enumerate(c)]
+            last = model.base.lm_head(hidden[torch.tensor(ends, dtype=torch.long, device=device)])
             out.append(F.log_softmax(last.float(), dim=-1)[:, yes_no])
     return (torch.cat(out) if out else torch.zeros(0, 2, device=device)), tokens
 
