@@ -322,14 +322,22 @@ class Bench:
         lookup = self.table(lavic)
         rows = []
 
+        def batch_of(k, mb):  # every variant sees the same samples in the same order
+            return [samples[(k * mb + j) % len(samples)] for j in range(mb)]
+
+        def requests_of(batch):
+            return [(s.conv.turns(), self.cands(s.candidates)) for s in batch]
+
+        def packed_tokens(requests):  # the conversation once, every suffix once, cut as pointwise_log_probs cuts them
+            suffixes = [[len(builder.pointwise_suffix(i, t)) for i, t in c] for _, c in requests]
+            return sum(len(builder.pointwise_prefix(t, max(n) + 2)[0]) + sum(n) for (t, _), n in zip(requests, suffixes))
+
         def step_fn(mb, sharing, gc):
-            it = iter(range(10**9))  # every variant sees the same samples in the same order
+            it = iter(range(10**9))
 
             def step():
-                k = next(it)
-                batch = [samples[(k * mb + j) % len(samples)] for j in range(mb)]
-                requests = [(s.conv.turns(), self.cands(s.candidates)) for s in batch]
-                lp, tokens = lavic(fn=pointwise_log_probs, builder=builder, requests=requests, lookup=lookup,
+                batch = batch_of(next(it), mb)
+                lp, tokens = lavic(fn=pointwise_log_probs, builder=builder, requests=requests_of(batch), lookup=lookup,
                                    max_rows=None, sharing=sharing, gradient_checkpointing=gc)
                 positive = torch.tensor([p for s in batch for p in s.positive], device=lp.device)
                 nll = -torch.where(positive, lp[:, 0], lp[:, 1])
@@ -338,10 +346,7 @@ class Bench:
                 opt.step()
                 opt.zero_grad(set_to_none=True)
                 step.tokens.append(tokens)
-                suffixes = [[len(builder.pointwise_suffix(i, t)) for i, t in c] for _, c in requests]
-                step.packed.append(sum(len(builder.pointwise_prefix(t, max(n) + 2)[0]) + sum(n)
-                                       for (t, _), n in zip(requests, suffixes)))  # as pointwise_log_probs cuts them
-            step.tokens, step.packed = [], []
+            step.tokens = []
             return step
 
         gc = a.checkpointing
@@ -364,12 +369,13 @@ class Bench:
                 print(json.dumps(rows[-1]), flush=True)
                 continue
             step_s = statistics.median(times)
-            useful = statistics.mean(fn.packed[a.warmup:])  # the tokens the packed layout runs: the work itself
+            # the tokens the packed layout runs (the work itself), counted outside the timed steps
+            useful = statistics.mean(packed_tokens(requests_of(batch_of(k, mb))) for k in range(a.warmup, a.warmup + a.steps))
             flops = self.model_flops(lavic, [useful / mb] * mb)  # attention counted as causal over each conversation's row
             rows.append({"part": "pointwise", "impl": impl, "micro_batch": mb, "candidates": 1 + a.negatives,
                          "checkpointing": "all" if gc else "none", "step_s": round(step_s, 4),
                          "samples_per_s": round(mb / step_s, 2), "candidates_per_s": round(mb * (1 + a.negatives) / step_s, 1),
-                         "tokens_run_per_step": round(statistics.mean(fn.tokens[a.warmup:]), 1), "useful_tokens_per_step": round(useful, 1),
+                         "tokens_run_per_step": round(statistics.mean(fn.tokens[a.warmup: a.warmup + a.steps]), 1), "useful_tokens_per_step": round(useful, 1),
                          "mfu": round(flops / step_s / (PEAK_TFLOPS * 1e12), 4) if self.cuda else None,
                          "autocast": a.autocast, "peak_gib": self.peak(), "cap_gib": a.cap_gib})
             print(json.dumps(rows[-1]), flush=True)
