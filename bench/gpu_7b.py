@@ -49,6 +49,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+#: The paper's candidate order, "ID: title" then the 5 vectors (the listwise prompt the reference scripts use).
+ID_TITLE_VECTORS = {"listwise_candidate": "{label}: {title}{image}\n"}
+
 PEAK_TFLOPS = 989.0
 
 
@@ -207,7 +210,7 @@ class Bench:
         import dataclasses
 
         from lavic_ray.data.layout import read_conversations
-        from lavic_ray.train.stage2 import listwise_samples
+        from lavic_ray.model.formulations import listwise_samples
 
         samples = listwise_samples(self.convs, "candidates_st", seed=0)
         if self.args.conversations:
@@ -236,6 +239,7 @@ class Bench:
 
     # ------------------------------------------------------------------ parts
     def stage2(self) -> list[dict]:
+        from lavic_ray.config import PromptsConfig
         from lavic_ray.model.prompts import PromptBuilder, collate
 
         import reference
@@ -243,7 +247,7 @@ class Bench:
         a = self.args
         lavic, opt = self.model("llm", 16, 32, a.dropout)
         lavic.train()
-        builder = PromptBuilder(self.tok, self.image_token_id, 1024, "id_title_vectors", "id", True)
+        builder = PromptBuilder(self.tok, self.image_token_id, 1024, PromptsConfig(**ID_TITLE_VECTORS))
         samples = self.stage2_samples()
         lookup = self.table(lavic)
         rows, it = [], iter(range(10**9))
@@ -312,12 +316,12 @@ class Bench:
 
         from lavic_ray.model.prompts import PromptBuilder
         from lavic_ray.model.scoring import pointwise_log_probs
-        from lavic_ray.train.stage2 import pointwise_samples
+        from lavic_ray.model.formulations import pointwise_samples
 
         a = self.args
         lavic, opt = self.model("llm", 16, 32, a.dropout)
         lavic.train()
-        builder = PromptBuilder(self.tok, self.image_token_id, 1024, "vectors_first", "id", True)
+        builder = PromptBuilder(self.tok, self.image_token_id, 1024)
         samples = pointwise_samples(self.convs, "candidates_st", 0, a.negatives)
         lookup = self.table(lavic)
         rows = []
@@ -329,8 +333,8 @@ class Bench:
             return [(s.conv.turns(), self.cands(s.candidates)) for s in batch]
 
         def packed_tokens(requests):  # the conversation once, every suffix once, cut as pointwise_log_probs cuts them
-            suffixes = [[len(builder.pointwise_suffix(i, t)) for i, t in c] for _, c in requests]
-            return sum(len(builder.pointwise_prefix(t, max(n) + 2)[0]) + sum(n) for (t, _), n in zip(requests, suffixes))
+            parts = [builder.pointwise_parts(conv, c) for conv, c in requests]
+            return sum(len(prefix.input_ids) + sum(map(len, suffixes)) for prefix, suffixes in parts)
 
         def step_fn(mb, sharing, gc):
             it = iter(range(10**9))
@@ -472,15 +476,16 @@ class Bench:
     def rerank(self) -> list[dict]:
         import torch
 
+        from lavic_ray.config import PromptsConfig
         from lavic_ray.model.prompts import PromptBuilder
-        from lavic_ray.model.scoring import score_batch
+        from lavic_ray.model.formulations import score_batch
 
         import reference
 
         a = self.args
         lavic, _ = self.model("llm", 16, 32, 0.0)
         lavic.eval()
-        builder = PromptBuilder(self.tok, self.image_token_id, 1024, "id_title_vectors", "id", True)
+        builder = PromptBuilder(self.tok, self.image_token_id, 1024, PromptsConfig(**ID_TITLE_VECTORS))
         lookup = self.table(lavic)
         reqs = [(c.turns(), self.cands(c.candidate_list("candidates_st"))) for c in self.convs]
         rows, it = [], iter(range(10**9))
@@ -494,7 +499,7 @@ class Bench:
 
         def naive():
             turns, cands = reqs[next(it) % len(reqs)]
-            reference.rerank(lavic, self.processor, builder.listwise(turns, cands, None), builder.answer_ids(cands),
+            reference.rerank(lavic, self.processor, *builder.listwise_answers(turns, cands),
                              [self.image_path(c) for c, _ in cands])
 
         variants = [(f"ours-{f}-{m}" if f != "listwise" else f"ours-{m}", ours(n, f, m), n)

@@ -6,7 +6,7 @@ listwise prompts (conversation + 10 ``candidates_st`` candidates, ``ID: title`` 
 1,024-token budget) of each domain's valid.jsonl with the small model's tokenizer, then cuts
 micro-batches the way the training loop does (``lavic_ray.train.loop._shard_batches``) with
 ``stage2.group_by_length`` off and on, using the loop's own cheap length estimate (characters of
-the conversation and the candidate titles, ``lavic_ray.train.stage2.length_estimate``), and reports the share
+the conversation and the candidate titles, ``lavic_ray.model.formulations.length_estimate``), and reports the share
 of padded token slots. No model runs: the figure is exact for the prompts, and the compute saved
 on a GPU is roughly proportional to it. The shared data holds no metadata for the candidate items,
 so, as in ``bench/gpu_7b.py --conversations``, each candidate ID gets a title of a synthetic catalog
@@ -36,12 +36,12 @@ def main() -> int:
 
     from transformers import AutoTokenizer
 
-    from lavic_ray.config import Stage2Config
+    from lavic_ray.config import PromptsConfig, Stage2Config
     from lavic_ray.data.layout import read_conversations
     from lavic_ray.model.checkpoints import IMAGE_TOKEN, SMOLLM2_GGUF, smollm2_dir
     from lavic_ray.model.prompts import PromptBuilder
     from lavic_ray.train.loop import _shard_batches
-    from lavic_ray.train.stage2 import length_estimate, listwise_samples
+    from lavic_ray.model.formulations import length_estimate, listwise_samples
 
     data = Path(a.data)
     import hashlib
@@ -50,9 +50,10 @@ def main() -> int:
     from lavic_ray.config import SynthConfig
     from lavic_ray.data.layout import Catalog
     from lavic_ray.data.synthetic import generate
+    from lavic_ray.retrieval import make_retriever
 
     synth = Path(tempfile.mkdtemp(prefix="lavic-bench-")) / "catalog"
-    generate(SynthConfig(items=100, conversations=40, seed=3), synth, force=True)
+    generate(SynthConfig(items=100, conversations=40, seed=3), synth, make_retriever("sbert"), force=True)
     pool = sorted(it.title for it in Catalog.load(synth))
 
     def title(item_id: str) -> str:
@@ -60,7 +61,8 @@ def main() -> int:
 
     tok = AutoTokenizer.from_pretrained(smollm2_dir(), gguf_file=SMOLLM2_GGUF)
     tok.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    builder = PromptBuilder(tok, tok.convert_tokens_to_ids(IMAGE_TOKEN), 1024, "id_title_vectors", "id", True)
+    builder = PromptBuilder(tok, tok.convert_tokens_to_ids(IMAGE_TOKEN), 1024,
+                            PromptsConfig(listwise_candidate="{label}: {title}{image}\n"))
     rows = []
     for domain in sorted(d.name for d in data.iterdir() if (d / "valid.jsonl").is_file()):
         t0 = time.monotonic()

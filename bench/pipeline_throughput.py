@@ -42,10 +42,12 @@ def main() -> int:
     from lavic_ray.pipeline.describe import run_describe
     from lavic_ray.pipeline.embed import run_embed
     from lavic_ray.pipeline.preprocess import run_preprocess
+    from lavic_ray.retrieval import make_retriever
 
     tmp = Path(tempfile.mkdtemp(prefix="lavic-pipebench-"))
     t = time.monotonic()
-    generate(SynthConfig(items=a.items, conversations=max(60, a.items // 4), seed=5), tmp / "catalog", force=True)
+    generate(SynthConfig(items=a.items, conversations=max(60, a.items // 4), seed=5), tmp / "catalog", make_retriever("sbert"),
+             force=True)
     print(f"catalog: {time.monotonic() - t:.1f} s", flush=True)
     model = a.model or str(save_checkpoint(build_small_base(), tmp / "small"))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
@@ -76,7 +78,10 @@ def main() -> int:
                           "max_new_tokens": cfg.describe.max_new_tokens}
     print(f"describe: {result['describe']}", flush=True)
     t = time.monotonic()
-    out = run_embed(cfg, tmp / "catalog", tmp / "items.parquet", actors=1, cpus_per_actor=float(os.cpu_count()))
+    ecfg = load_config(str(REPO / "jobs" / "configs" / "small.yaml"),
+                       [f"model.checkpoint={model}", f"dataset.root={tmp / 'catalog'}", "embed.actors=1",
+                        f"embed.cpus_per_actor={os.cpu_count()}"])
+    out = run_embed(ecfg, tmp / "items.parquet")
     wall = time.monotonic() - t
     import pyarrow.parquet as pq
 

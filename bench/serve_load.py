@@ -52,8 +52,8 @@ def make_naive_reranker(stage1_adapter: str | None, catalog_root: str):
                 torch.set_num_threads(torch_threads)
             self.core = Recommender(stage2_dir, table, device=device, dtype=dtype, checkpoint=checkpoint)
             cfg = self.core.cfg.model
-            self.vision = EmbedItems(checkpoint or cfg.checkpoint, stage1_adapter, dtype or cfg.dtype, cfg.feature_layer,
-                                     cfg.scale_vectors, device)
+            model = cfg.model_copy(update={"checkpoint": checkpoint or cfg.checkpoint, "dtype": dtype or cfg.dtype})
+            self.vision = EmbedItems(model, stage1_adapter, {"device": device})
             cat = Catalog.load(catalog_root)
             self.images = {it.item_id: str(it.primary_image.path) if it.primary_image and it.primary_image.path else ""
                            for it in cat}
@@ -69,10 +69,7 @@ def make_naive_reranker(stage1_adapter: str | None, catalog_root: str):
             return torch.from_numpy(flat.reshape(len(ids), 5, -1))
 
         def score(self, requests):
-            from lavic_ray.model.scoring import score_batch
-
-            return score_batch(self.core.model, self.core.builder, self.core.formulation, requests, self.lookup,
-                               self.core.max_rows)
+            return self.core.formulation.score(self.core.model, self.core.builder, requests, self.lookup, self.core.max_rows)
 
         @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
         async def _rerank_batch(self, requests):

@@ -96,12 +96,12 @@ def main() -> int:
 
     src, out = Path(a.catalog), Path(a.out) / a.variant.split(":")[0]
     out.mkdir(parents=True, exist_ok=True)
-    overrides = [f"model.checkpoint={a.checkpoint}", f"stage2.max_steps={a.steps}", f"stage2.eval_every={a.eval_every}",
+    overrides = [f"model.checkpoint={a.checkpoint}", f"dataset.root={src}", f"stage2.max_steps={a.steps}", f"stage2.eval_every={a.eval_every}",
                  "stage2.engine.kind=torch"]
     catalog, table = src, None
     if a.variant == "text":
         catalog = text_oracle_catalog(src, out / "catalog")
-        overrides.append("stage2.use_images=false")
+        overrides += ["stage2.use_images=false", f"dataset.root={catalog}"]
     elif a.variant == "mix":
         table = mix_oracle_table(src, a.checkpoint, out / "mix.parquet")
         overrides.append("model.scale_vectors=false")
@@ -111,7 +111,7 @@ def main() -> int:
         p.error("--variant must be text, mix or table:PATH")
     cfg = quickstart_config(None, overrides + a.overrides)
     t0 = time.monotonic()
-    run_local("stage2", cfg, catalog, out / "stage2", table)
+    run_local("stage2", cfg, out / "stage2", table)
     hist = json.loads((out / "stage2" / "history.json").read_text())
     curve = [(h["step"], round(h["valid_hr@1"], 4)) for h in hist if "valid_hr@1" in h]
     result = {"variant": a.variant, "seconds": round(time.monotonic() - t0, 1), "valid_hr@1_by_step": curve,

@@ -64,9 +64,10 @@ def main() -> int:
     if a.data is None:
         from lavic_ray.config import SynthConfig
         from lavic_ray.data.synthetic import generate
+        from lavic_ray.retrieval import make_retriever
 
         a.data = tempfile.mkdtemp(prefix="lavic-bench-")
-        generate(SynthConfig(items=100, conversations=40, seed=3), Path(a.data) / "catalog", force=True)
+        generate(SynthConfig(items=100, conversations=40, seed=3), Path(a.data) / "catalog", make_retriever("sbert"), force=True)
     return gpu_7b.main(SmallBench, a)
 
 

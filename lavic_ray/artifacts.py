@@ -55,10 +55,11 @@ class Artifacts:
     ``stage1/``             the vision adapter (``adapter/``), history, Ray Train checkpoints
     ``items/<which>.parquet`` item embedding tables (``distilled``, ``undistilled``)
     ``stage2/<variant>/``   stage-2 runs (``lavic``, ``lavic-title-only``, ``lavic-no-distill``)
-    ``retrieval/<kind>/``   saved retriever indexes
     ``eval/<name>/``        metrics.json, predictions.jsonl, config.yaml
     ``tune/<stage>/``       Ray Tune searches: trials, results table, best preset
     ``report/``             the markdown report and its plots
+    ``probe.json``          the stage-1 probe (before / after), on a synthetic catalog
+    ``logs/``               each run's full log (Ray, DeepSpeed and library output included)
     """
 
     def __init__(self, root: str | Path):
@@ -93,12 +94,17 @@ class Artifacts:
     def tune(self, stage: str) -> Path:
         return self.root / "tune" / stage
 
-    def retrieval_index(self, kind: str) -> Path:
-        return self.root / "retrieval" / kind
-
     def eval_dir(self, name: str) -> Path:
         return self.root / "eval" / name
 
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def probe(self) -> Path:
+        return self.root / "probe.json"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"

@@ -14,8 +14,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from lavic_ray.errors import InvalidInput
+from lavic_ray.variants import VariantName
 
-class ConfigError(ValueError):
+
+class ConfigError(InvalidInput):
     """A configuration file or override is invalid; the message says where and why."""
 
 
@@ -36,6 +39,26 @@ class Fractions(Strict):
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"train + valid + test must be 1, got {total:g}")
         return self
+
+
+class ActorPool(Strict):
+    """Where a model-loading step runs: a pool of Ray actors, each holding one copy of the model."""
+
+    actors: int = Field(1, ge=1, description="actors in the pool (each loads the model once)")
+    cpus_per_actor: float = Field(1.0, gt=0)
+    gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor requests from Ray (0: a CPU actor)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where the model runs inside an actor: auto = cuda when the actor requests GPUs and "
+                            "CUDA is there, else cpu")
+    batch_size: int = Field(16, ge=1)
+
+    def resolved_device(self) -> str:
+        """The torch device an actor of this pool uses (call it inside the actor)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+
+        return "cuda" if self.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
 
 
 class SynthConfig(Strict):
@@ -63,7 +86,9 @@ class DatasetConfig(Strict):
 
     root: str | None = None
     domain: str = "synthetic"
-    images_dir: str | None = None
+    images_dir: str | list[str] | None = Field(None, description="the image folder(s), looked in in order (the release "
+                                                                 "keeps training and validation images apart); "
+                                                                 "default <root>/images")
     descriptions: str | None = Field(None, description="descriptions.parquet from lavic describe; overrides the metadata's")
     views: str | None = Field(None, description="a lavic preprocess output directory: embed reads its tiled views")
 
@@ -88,8 +113,17 @@ class LavicRun(Strict):
     table: str | None = None
 
 
+class GenerateConfig(Strict):
+    """``lavic-generate``: the answer decoded greedily after the listwise prompt, then parsed for an item ID."""
+
+    max_new_tokens: int = Field(16, ge=1, description="tokens decoded (the reference: 10)")
+    id_pattern: Literal["catalog", "paper"] = Field(
+        "catalog", description="catalog: every 10-character ID the catalog or the list knows, in order (ISBN-style IDs "
+                               "too); paper: the first match of the reference's regex \\bB[A-Z0-9]{9}\\b, candidate or not")
+
+
 class EvalConfig(Strict):
-    """Evaluation runs (``lavic evaluate``)."""
+    """Evaluation runs (``lavic evaluate``); ``resources``: where the methods that load a model run."""
 
     #: LaViC methods (``lavic``, ``lavic-title-only``, ``lavic-no-distill``, ``lavic-generate``) -> their trained run
     runs: dict[str, LavicRun] = {}
@@ -99,6 +133,12 @@ class EvalConfig(Strict):
     ks: list[int] = [1, 5, 10]
     seed: int = 0
     limit: int | None = Field(None, ge=1, description="evaluate only the first N conversations")
+    resources: ActorPool = Field(ActorPool(batch_size=8), description="the LaViC methods' model: actors, device, "
+                                                                      "conversations per batch")
+    generate: GenerateConfig = GenerateConfig()
+    headline: Literal["hr@1", "hr@1_per_gt_item"] = Field(
+        "hr@1", description="the figure reports lead with: HR@1 per conversation (lavic-ray), or per ground-truth item "
+                            "(the paper's count)")
 
 
 class ModelConfig(Strict):
@@ -106,8 +146,18 @@ class ModelConfig(Strict):
 
     checkpoint: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description="hub name or local directory (save_pretrained layout)")
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    feature_layer: int = Field(-2, description="vision hidden-state layer whose [CLS] is taken (LLaVA's -2)")
-    scale_vectors: bool = True
+    feature_layer: int = Field(-2, description="vision hidden-state layer whose [CLS] is taken: -2 is LLaVA's projector "
+                                               "layer (lavic-ray); -1 is the last encoder layer before the tower's "
+                                               "post-layernorm (last_hidden_state, the reference)")
+    scale_vectors: bool = Field(True, description="rescale each vector to the mean norm of the LLM's token embeddings "
+                                                  "(lavic-ray; projected [CLS] norms are 100-1000x larger); false: as "
+                                                  "projected (the reference)")
+    empty_views: Literal["repeat_base", "run_padded"] = Field(
+        "repeat_base", description="an image with fewer than 5 LLaVA-Next views: repeat its base view's vector in the "
+                                   "empty slots (lavic-ray), or run the zero-padded views through the tower (the reference)")
+    missing_image: Literal["zeros", "white_image"] = Field(
+        "zeros", description="an item without a usable image: five zero vectors (lavic-ray), or a white 336x336 RGB "
+                             "image run through the tower (the reference)")
 
 
 class SmallModelConfig(Strict):
@@ -120,6 +170,74 @@ class SmallModelConfig(Strict):
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
     vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
+    seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
+
+
+#: The placeholders each prompt template may use (``{image}``: an item's 5 vector slots; ``{context}``: the
+#: conversation's raw text, tags included; ``{conversation}``: its turns rendered with ``prompts.turn``).
+TEMPLATE_FIELDS = {
+    "stage1": {"title", "image", "id"},
+    "stage1_target": {"description"},
+    "listwise_header": {"context", "conversation"},
+    "listwise_candidate": {"label", "id", "title", "image"},
+    "listwise_cue": set(),
+    "listwise_answer": {"label", "id"},
+    "pointwise_prefix": {"context", "conversation"},
+    "pointwise_candidate": {"id", "title", "image"},
+    "pointwise_yes": set(),
+    "pointwise_no": set(),
+}
+
+
+class PromptsConfig(Strict):
+    """Prompt templates: text with named ``{placeholders}``; the code only fills them in.
+
+    A prompt is tokenised as one string (so its ids are exactly what the tokenizer gives for the
+    whole text, on byte-level BPE and SentencePiece tokenizers alike), with each ``{image}`` as the
+    checkpoint's image token 5 times (the item's vectors replace them) - or nothing, for a run
+    without images. The defaults are lavic-ray's; ``jobs/configs/paper_prompts.yaml`` holds the
+    reference's, and README lists every difference.
+    """
+
+    bos: Literal["tokenizer", "always", "never"] = Field(
+        "tokenizer", description="BOS at the start of every sequence: as the tokenizer adds it by default "
+                                 "(add_bos_token; Mistral/Llama yes, SmolLM2 no), always, or never")
+    target_eos: bool = Field(True, description="an EOS token after each target (stage-1 description, stage-2 answer), "
+                                               "labelled; the reference has none (its pad token is EOS)")
+    truncation: Literal["conversation_start", "right"] = Field(
+        "conversation_start", description="an over-long prompt loses tokens from the start of the conversation only "
+                                          "(candidates and answer kept), or from the right end (the reference)")
+    turn: dict[str, str] = Field({"submission": "User: {text}", "comment": "Comment: {text}"},
+                                 description="how {conversation} renders each turn, by role")
+    turn_separator: str = "\n"
+    stage1: str = "Product title: {title}\nProduct image:{image}\nDescribe what the image shows.\nDescription:"
+    stage1_target: str = " {description}"
+    listwise_header: str = "Conversation:\n{conversation}\n\nCandidates:\n"
+    listwise_candidate: str = Field("{image} {label}: {title}\n", description="one block per candidate, in list order; "
+                                    "{image} first lets the ID attend to its item's vectors")
+    listwise_cue: str = "Which candidate does the user want? Answer:"
+    listwise_answer: str = " {label}"
+    pointwise_prefix: str = "Conversation:\n{conversation}"
+    pointwise_candidate: str = "\n\nCandidate:{image} {title}\nIs this what the user wants? Answer:"
+    pointwise_yes: str = " yes"
+    pointwise_no: str = " no"
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> "PromptsConfig":
+        import string
+
+        for name, allowed in TEMPLATE_FIELDS.items():
+            try:
+                used = {f for _, f, _, _ in string.Formatter().parse(getattr(self, name)) if f is not None}
+            except ValueError as e:
+                raise ValueError(f"{name}: {e} (write a literal brace as {{{{ or }}}})") from None
+            unknown = used - allowed
+            if unknown:
+                raise ValueError(f"{name}: unknown placeholder(s) {sorted(unknown)}; it may use {sorted(allowed) or 'none'}")
+        for role in ("submission", "comment"):
+            if role not in self.turn:
+                raise ValueError(f"turn: no template for the role {role!r}")
+        return self
 
 
 class LoraConfig(Strict):
@@ -134,8 +252,10 @@ class EngineConfig(Strict):
     kind: Literal["deepspeed", "torch"] = "deepspeed"
     zero_stage: int = Field(2, ge=0, le=3)
     offload_optimizer: bool = False
-    precision: Literal["fp32", "bf16", "bf16-mixed"] = Field(
+    precision: Literal["fp32", "bf16", "bf16-mixed", "fp16"] = Field(
         "fp32", description="fp32; bf16 (DeepSpeed's bf16 mode: bf16 weights and activations, fp32 master weights); "
+                            "fp16 (the reference's: DeepSpeed's fp16 mode with loss scaling, or autocast + a grad "
+                            "scaler with the torch engine; GPUs); "
                             "bf16-mixed (torch.autocast: fp32 weights and optimizer, matmuls in bf16 - the fast choice "
                             "on CPUs with AVX-512 BF16 or AMX; see bench/RESULTS.md)")
     gradient_checkpointing: bool = False
@@ -163,6 +283,15 @@ class StageConfig(Strict):
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: at each evaluation)")
     eval_every: int = Field(0, ge=0, description="optimizer steps between validations (0: once per epoch)")
     eval_limit: int | None = Field(None, ge=1, description="validation examples (None: all)")
+    keep: Literal["best", "last"] = Field("best", description="the adapter kept in <stage dir>/adapter: the best on "
+                                                              "validation (lavic-ray) or the last step's (the reference)")
+    patience: int | None = Field(None, ge=1, description="early stopping: stop after this many validations in a row "
+                                                          "without an improvement of min_delta (None: run every step)")
+    min_delta: float = Field(0.0, ge=0, description="early stopping: the smallest change of the validation metric that "
+                                                    "counts as an improvement")
+    min_steps: int = Field(0, ge=0, description="early stopping: never before this optimizer step")
+    max_minutes: float | None = Field(None, gt=0, description="stop at the first validation after this much training "
+                                                              "time (None: no time cap); max_steps stays the step cap")
     group_by_length: bool = Field(True, description="micro-batches of similar-length examples (less padding): each "
                                                     "window of 32 shuffled micro-batches is sorted by length, then the "
                                                     "window's micro-batches are shuffled again")
@@ -176,6 +305,10 @@ class Stage1Config(StageConfig):
     """Visual knowledge self-distillation (paper: r 8, alpha 32, dropout 0.1, lr 5e-5, wd 1e-5, 5 epochs, batch 4)."""
 
     valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of images held out for validation perplexity")
+    split: Literal["heldout", "files"] = Field(
+        "heldout", description="heldout: a deterministic valid_fraction of the items (hashed IDs), from both metadata "
+                               "files (lavic-ray); files: train on item2meta_train.json's items, validate on "
+                               "item2meta_valid.jsonl's (the reference)")
 
 
 #: How a prompt prefix is shared by its candidates' continuations (lavic_ray.model.scoring).
@@ -189,7 +322,6 @@ class Stage2Config(StageConfig):
     lr: float = 2e-4
     epochs: int = 1
     formulation: Literal["listwise", "pointwise"] = "listwise"
-    layout: Literal["vectors_first", "id_title_vectors"] = "vectors_first"
     answer: Literal["id", "letter"] = "id"
     negatives: int = Field(9, ge=1, description="pointwise: negatives per positive, drawn from its candidate list "
                                                 "(scored together after one shared conversation prefix)")
@@ -209,7 +341,7 @@ class Stage2Config(StageConfig):
 class JobConfig(Strict):
     """What one ``ray job submit`` entry point (``jobs/<job>.py``) works on."""
 
-    variant: Literal["lavic", "lavic-title-only", "lavic-no-distill"] = Field(
+    variant: VariantName = Field(
         "lavic", description="stage 2 / evaluation: the full method or one of the paper's ablations")
     split: Literal["train", "valid", "test"] = Field("test", description="evaluate: the split to score")
     max_failures: int = Field(1, ge=0, description="Ray Train worker failures a run survives (from its last checkpoint)")
@@ -263,7 +395,16 @@ class PreprocessConfig(Strict):
     fetch: FetchConfig = FetchConfig()
 
 
-class DescribeConfig(Strict):
+class EmbedConfig(ActorPool):
+    """``lavic embed``: the item embedding table (Ray Data actor pool)."""
+
+    image: Literal["primary", "first_file"] = Field(
+        "primary", description="the image an item's vectors come from: its primary image (the lowest k of its "
+                               "{item_id}_{k}.jpg in the metadata; lavic-ray), or the file {item_id}_0.jpg whether "
+                               "the metadata lists it or not (the reference)")
+
+
+class DescribeConfig(ActorPool):
     """``lavic describe``: teacher descriptions from the full-token VLM (Ray Data actor pool)."""
 
     #: Text before and after the image's tokens; ``{title}`` is replaced by the item's title. The
@@ -276,9 +417,6 @@ class DescribeConfig(Strict):
     suffix: str = "\n\nAssistant:"
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(8, ge=1)
-    actors: int = Field(1, ge=1)
-    cpus_per_actor: float = Field(1.0, gt=0)
-    gpus_per_actor: float = Field(0.0, ge=0)
     overwrite: bool = Field(False, description="describe images that already have a description too")
     limit: int | None = Field(None, ge=1, description="describe at most this many images (benchmarks, trials)")
 
@@ -287,6 +425,8 @@ class LavicConfig(Strict):
     """The whole system's configuration."""
 
     storage_root: str = "lavic_runs/default"
+    seed: int | None = Field(None, description="seeds every step when set (synth, small_model, stage1, stage2, eval, "
+                                               "tune), replacing their own seeds; None: each section's seed")
     dataset: DatasetConfig = DatasetConfig()
     synth: SynthConfig = SynthConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -300,6 +440,21 @@ class LavicConfig(Strict):
     tune: TuneConfig = TuneConfig()
     preprocess: PreprocessConfig = PreprocessConfig()
     describe: DescribeConfig = DescribeConfig()
+    embed: EmbedConfig = EmbedConfig()
+    prompts: PromptsConfig = PromptsConfig()
+
+    @model_validator(mode="after")
+    def _one_seed(self) -> "LavicConfig":
+        if self.seed is not None:
+            for section in SEEDED:
+                sub = getattr(self, section)
+                if sub.seed != self.seed:
+                    object.__setattr__(self, section, sub.model_copy(update={"seed": self.seed}))
+        return self
+
+
+#: The sections the top-level ``seed`` sets.
+SEEDED = ("synth", "small_model", "stage1", "stage2", "eval", "tune")
 
 
 def set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -1,6 +1,6 @@
 """What ``jobs/<job>.py`` runs under ``ray job submit``: a preset, dotted overrides, one workflow step.
 
-    ray job submit --working-dir . -- python jobs/distill.py --config jobs/configs/distill_small.yaml stage1.epochs=3
+    ray job submit --working-dir . -- python jobs/distill.py --config jobs/configs/distill_small.yaml --set stage1.epochs=3
 
 The same command works against a local ``ray start --head`` and, unchanged, against a
 remote cluster (``RAY_ADDRESS`` / ``--address``): the job's driver connects to the
@@ -12,36 +12,34 @@ the jobs chain: preprocess -> describe -> distill -> embed -> recommend -> evalu
 (the quickstart chain: synthetic catalog with descriptions, distill ... evaluate).
 On a multi-node cluster, ``storage_root`` must be storage every node sees (NFS, a
 shared volume), as Ray Train's checkpoints are written there.
+
+Overrides are ``--set section.key=value`` (as with ``lavic``) or bare ``section.key=value``.
+A mistake the user can fix exits 2 with one line; the last line printed is the result as JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
+import time
 from collections.abc import Callable
+from pathlib import Path
 
 from lavic_ray import workflow
 from lavic_ray.config import LavicConfig, load_config
 
-log = logging.getLogger("lavic.jobs")
-
 
 def preprocess(cfg: LavicConfig) -> dict:
     """Decode, validate and tile every image into Parquet shards (Ray Data); bad images listed with their reason."""
-    from lavic_ray.pipeline.preprocess import run_preprocess
-
     cfg, art = workflow.resolve(cfg)
-    return {"out": str(art.preprocessed), **run_preprocess(cfg, cfg.dataset.root, art.preprocessed)}
+    return workflow.preprocess(cfg, art)
 
 
 def describe(cfg: LavicConfig) -> dict:
     """Teacher descriptions from the full-token VLM (Ray Data actor pool); stage 1 reads them with dataset.descriptions."""
-    from lavic_ray.pipeline.describe import run_describe
-
     cfg, art = workflow.resolve(cfg)
-    return run_describe(cfg, cfg.dataset.root, art.descriptions)
+    return workflow.describe(cfg, art)
 
 
 def distill(cfg: LavicConfig) -> dict:
@@ -52,9 +50,14 @@ def distill(cfg: LavicConfig) -> dict:
 
 
 def embed(cfg: LavicConfig) -> dict:
-    """The item embedding table (Ray Data actor pool): distilled, or undistilled for job.variant=lavic-no-distill."""
+    """The item embedding table job.variant reads (Ray Data actor pool): distilled, or undistilled for lavic-no-distill."""
+    from lavic_ray.errors import InvalidInput
+    from lavic_ray.variants import VARIANTS
+
     cfg, art = workflow.resolve(cfg)
-    which = "undistilled" if cfg.job.variant == "lavic-no-distill" else "distilled"
+    which = VARIANTS[cfg.job.variant].table
+    if which is None:
+        raise InvalidInput(f"job.variant={cfg.job.variant} reads no item embedding table: nothing to embed")
     return {"table": str(workflow.embed(cfg, art, which))}
 
 
@@ -66,21 +69,24 @@ def recommend(cfg: LavicConfig) -> dict:
 
 def evaluate(cfg: LavicConfig) -> dict:
     """Every method in eval.methods on job.split: metrics, predictions, config under eval/."""
+    from lavic_ray.errors import InputMissing
+    from lavic_ray.eval.lavic_methods import LAVIC_METHODS
+
     cfg, art = workflow.resolve(cfg)
     runs = workflow.trained_runs(art)
-    lavic = [m for m in cfg.eval.methods if m.startswith("lavic")]
-    missing = [m for m in lavic if m not in runs and m not in cfg.eval.runs]
+    missing = [m for m in cfg.eval.methods if m in LAVIC_METHODS and m not in runs and m not in cfg.eval.runs]
     if missing:
-        raise FileNotFoundError(f"eval.methods names {missing}, but no such stage-2 run is trained under {art.root} "
-                                "(run jobs/recommend.py with job.variant=<method>)")
+        raise InputMissing(f"eval.methods names {missing}, but no such stage-2 run is trained under {art.root} "
+                           "(run jobs/recommend.py with job.variant=<method>)")
     return workflow.evaluate_methods(cfg, art, cfg.eval.methods, runs, cfg.job.split)
 
 
 def pipeline(cfg: LavicConfig) -> dict:
     """Every step in order (the quickstart chain on any preset), with a report."""
+    from lavic_ray import console
     from lavic_ray.quickstart import run_quickstart
 
-    return run_quickstart(cfg, cfg.storage_root, echo=False)
+    return run_quickstart(cfg, console=console.get())
 
 
 def tune(cfg: LavicConfig) -> dict:
@@ -92,7 +98,8 @@ def tune(cfg: LavicConfig) -> dict:
 
 
 JOBS: dict[str, Callable[[LavicConfig], dict]] = {
-    "preprocess": preprocess, "describe": describe, "distill": distill, "embed": embed, "recommend": recommend, "evaluate": evaluate, "pipeline": pipeline, "tune": tune,
+    "preprocess": preprocess, "describe": describe, "distill": distill, "embed": embed, "recommend": recommend,
+    "evaluate": evaluate, "pipeline": pipeline, "tune": tune,
 }
 
 
@@ -100,33 +107,32 @@ def parser(job: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"jobs/{job}.py", description=(JOBS[job].__doc__ or __doc__).strip().splitlines()[0])
     p.add_argument("--config", action="append", default=[], metavar="FILE.yaml",
                    help="preset(s), merged in order (jobs/configs/*.yaml)")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override (repeatable), as with lavic --set")
     p.add_argument("overrides", nargs="*", metavar="section.key=value", help="dotted overrides, applied last")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, set by `ray job submit`; else a local Ray)")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("-v", "--verbose", action="store_true", help="show every log line (Ray's and DeepSpeed's too)")
     return p
 
 
 def main(job: str, argv: list[str] | None = None) -> int:
     """Run job ``job``; the last line printed is its result as JSON. Exit 2 on a bad config or input."""
-    from lavic_ray.config import ConfigError
-    from lavic_ray.data.records import DataError
+    from lavic_ray import console
+    from lavic_ray.errors import UserError
+    from lavic_ray.runtime import ensure_ray
 
     args = parser(job).parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
-        cfg = load_config(args.config or None, args.overrides)
+        cfg = load_config(args.config or None, [*args.sets, *args.overrides])
         if job != "pipeline":  # missing inputs fail here, before a cluster is joined
             workflow.resolve(cfg)
-        import ray
-
-        if not ray.is_initialized():
-            # the dashboard's state API lets Ray Train free the resources of workers that died
-            ray.init(address=args.address, include_dashboard=True, dashboard_host="127.0.0.1", ignore_reinit_error=True)
-        log.info("job %s: storage_root %s, model %s", job, cfg.storage_root, cfg.model.checkpoint)
-        result = JOBS[job](cfg)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as e:
+        log_file = Path(cfg.storage_root) / "logs" / f"job-{job}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        with console.session(log_file, verbose=args.verbose) as con:
+            with con.step(f"jobs/{job}.py: {(JOBS[job].__doc__ or '').strip().splitlines()[0]}"):
+                ensure_ray(args.address)
+                result = JOBS[job](cfg)
+            print(json.dumps(result, default=str), file=con.out, flush=True)
+    except UserError as e:
         print(f"jobs/{job}.py: error: {e}", file=sys.stderr)
         return 2
-    print(json.dumps(result, default=str))
     return 0

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from importlib import resources
 from pathlib import Path
@@ -22,21 +21,25 @@ from pathlib import Path
 from lavic_ray import workflow
 from lavic_ray.artifacts import Artifacts, atomic_write_text, write_config
 from lavic_ray.config import LavicConfig, load_config
-from lavic_ray.data.layout import Catalog
-from lavic_ray.data.synthetic import TRUTH_FILE
+from lavic_ray.console import Console
 from lavic_ray.data.validate import validate_root
+from lavic_ray.errors import InvalidInput
 from lavic_ray.eval.evaluate import format_table
+from lavic_ray.eval.methods import BASELINES
+from lavic_ray.variants import TABLES, VARIANTS
 
 log = logging.getLogger(__name__)
 
 PRESET = "quickstart_small.yaml"
-METHODS = ("lavic", "lavic-title-only", "lavic-no-distill", "sbert", "bm25", "random", "first-candidate")
+METHODS = (*VARIANTS, "sbert", "bm25", "random", "first-candidate")
+assert set(METHODS) - set(VARIANTS) <= set(BASELINES)
 
 
-def quickstart_config(path: str | Path | None = None, overrides: list[str] | None = None) -> LavicConfig:
-    """The packaged preset, then an optional user file, then dotted overrides."""
+def quickstart_config(path: str | Path | list | None = None, overrides: list[str] | None = None) -> LavicConfig:
+    """The packaged preset, then optional user file(s), then dotted overrides."""
     preset = Path(str(resources.files("lavic_ray.presets").joinpath(PRESET)))
-    return load_config([preset, *([path] if path else [])], overrides)
+    paths = [] if path is None else ([path] if isinstance(path, (str, Path)) else list(path))
+    return load_config([preset, *paths], overrides)
 
 
 def _plot(histories: dict[str, list[dict]], path: Path) -> None:
@@ -67,36 +70,35 @@ def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
     """Stage 1 between two probes of colour/pattern words generated from the 5 vectors (synthetic data only)."""
     from lavic_ray.eval.probe import probe_descriptions
 
-    truth_file = Path(cfg.dataset.root) / TRUTH_FILE
-    probe_file = art.root / "probe.json"
-    probe = json.loads(probe_file.read_text()) if probe_file.is_file() else {}
-    if not truth_file.is_file():  # a real dataset: no attribute truth to probe against
+    truth = workflow.dataset(cfg).attribute_truth()
+    probe = json.loads(art.probe.read_text()) if art.probe.is_file() else {}
+    if truth is None:  # a real dataset: no attribute truth to probe against
         if not workflow.stage_done(art.stage1):
             timed("stage 1", workflow.stage1, cfg, art)
         return {}
-    truth = json.loads(truth_file.read_text())["items"]
     items = sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
     if "before" not in probe:
-        probe["before"] = timed("probe before stage 1", probe_descriptions, cfg.model.checkpoint, cfg.dataset.root, items)
-        atomic_write_text(probe_file, json.dumps(probe, indent=1))  # kept if stage 1 is interrupted
+        probe["before"] = timed("probe before stage 1", probe_descriptions, cfg, items)
+        atomic_write_text(art.probe, json.dumps(probe, indent=1))  # kept if stage 1 is interrupted
     if not workflow.stage_done(art.stage1):
         timed("stage 1", workflow.stage1, cfg, art)
         probe.pop("after", None)
     if "after" not in probe:
-        probe["after"] = timed("probe after stage 1", probe_descriptions, cfg.model.checkpoint, cfg.dataset.root, items,
-                               art.stage1 / "adapter")
-    atomic_write_text(probe_file, json.dumps(probe, indent=1))
+        probe["after"] = timed("probe after stage 1", probe_descriptions, cfg, items, art.stage1 / "adapter")
+    atomic_write_text(art.probe, json.dumps(probe, indent=1))
     return probe
 
 
-def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> dict[str, dict]:
-    """Run every step into ``workdir``; return ``{method: metrics}`` on the test split.
+def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str, dict]:
+    """Run every step under ``cfg.storage_root``; return ``{method: metrics}`` on the test split.
 
     The dataset is ``dataset.root`` when set (the pipeline job on a user's data), else
-    the synthetic catalog, made under ``workdir``.
+    the synthetic catalog, made under the storage root. ``console`` shows each step (a
+    silent one by default).
     """
-    import ray
+    from lavic_ray.runtime import ensure_ray
 
+    console = console or Console(enabled=False)
     t_start = time.monotonic()
     timings: dict[str, float] = {}
 
@@ -107,40 +109,61 @@ def run_quickstart(cfg: LavicConfig, workdir: str | Path, echo: bool = True) -> 
         log.info("quickstart: %s took %.0f s", name, timings[name])
         return out
 
-    cfg = cfg.model_copy(update={"storage_root": str(workdir)})
-    art = Artifacts(workdir)
-    timed("synthetic catalog", workflow.dataset_root, cfg, art, create=True)
-    cfg, art = timed("model", workflow.resolve, cfg, build=True)
-    root = Path(cfg.dataset.root)
-    report = validate_root(root)
-    if not report.ok:
-        raise ValueError(f"the dataset {root} failed validation:\n" + report.render(20))
+    art = Artifacts(cfg.storage_root)
+    steps = ["dataset", "model", "stage 1 (with the probe before and after)", "item embedding tables",
+             "stage 2: " + ", ".join(VARIANTS), "evaluation of every method on the test split", "report"]
+    n = len(steps)
+    with console.step(steps[0] + (f" {cfg.dataset.root}" if cfg.dataset.root else " (the synthetic catalog)"), 1, n):
+        root = timed("synthetic catalog", workflow.dataset_root, cfg, art, create=True)
+        report = validate_root(root)
+        if not report.ok:
+            raise InvalidInput(f"the dataset {root} failed validation:\n" + report.render(20))
+    with console.step(f"{steps[1]} {cfg.model.checkpoint}", 2, n):
+        cfg, art = timed("model", workflow.resolve, cfg, build=True)
     write_config(art.root, cfg)
-    if not ray.is_initialized():
-        # always its own local Ray: never join a cluster someone else started on this machine
-        # (ray.init() would attach to a running `ray start --head` and then refuse num_cpus)
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, ignore_reinit_error=True)
+    # its own local Ray unless this runs inside a job: never join a cluster someone else started on this machine
+    ensure_ray("local")
 
-    probe = _probe(cfg, art, timed)
-    for which in ("distilled", "undistilled"):
-        if not art.table(which).is_file():
-            timed(f"embed ({which})", workflow.embed, cfg, art, which)
-    runs = timed("stage 2 (every variant)", workflow.stage2_variants, cfg, art, tuple(workflow.VARIANTS), timed)
-    results = workflow.evaluate_methods(cfg, art, METHODS, runs, "test", timed)
-    catalog = Catalog.load(root)
-    test_file = root / cfg.dataset.domain / "test.jsonl"
-
-    histories = {"stage1": json.loads((art.stage1 / "history.json").read_text())}
-    for name, r in runs.items():
-        histories[f"stage2 {name}"] = json.loads((Path(r.stage2_dir) / "history.json").read_text())
-    art.report.mkdir(parents=True, exist_ok=True)
-    _plot(histories, art.report / "training_curves.png")
-    timings["total"] = round(time.monotonic() - t_start, 1)
-    _write_report(art, cfg, results, probe, timings, catalog, test_file, histories)
-    if echo:
-        print(format_table(results))
-        print(f"report: {art.report / 'report.md'}")
+    with console.step(steps[2], 3, n):
+        probe = _probe(cfg, art, timed)
+    with console.step(steps[3], 4, n):
+        for which in TABLES:
+            if not art.table(which).is_file():
+                timed(f"embed ({which})", workflow.embed, cfg, art, which)
+    with console.step(steps[4], 5, n):
+        runs = timed("stage 2 (every variant)", workflow.stage2_variants, cfg, art, tuple(VARIANTS), timed)
+    with console.step(steps[5], 6, n):
+        results = workflow.evaluate_methods(cfg, art, METHODS, runs, "test", timed)
+    with console.step(steps[6], 7, n):
+        histories = {"stage1": json.loads((art.stage1 / "history.json").read_text())}
+        for name, r in runs.items():
+            histories[f"stage2 {name}"] = json.loads((Path(r.stage2_dir) / "history.json").read_text())
+        art.report.mkdir(parents=True, exist_ok=True)
+        _plot(histories, art.report / "training_curves.png")
+        for name in VARIANTS:
+            results[name].update(_verdict(histories[f"stage2 {name}"]))
+        timings["total"] = round(time.monotonic() - t_start, 1)
+        _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories)
+    console.line(format_table(results))
+    for name in VARIANTS:
+        if results[name]["learned"] is False:
+            curve = ", ".join(f"step {s}: {h:.2f}" for s, h in results[name]["valid_curve"])
+            console.line(f"WARNING: stage 2 of {name} did not learn: its validation HR@1 stayed at chance "
+                         f"({results[name]['valid_chance_hr@1']:.2f}): {curve}")
+    console.line(f"report: {art.report / 'report.md'}")
     return results
+
+
+def _verdict(history: list[dict]) -> dict:
+    """``learned`` (False: stage 2 stayed at chance) and the validation curve, for the results JSON."""
+    from lavic_ray.eval.metrics import learning_verdict
+
+    v = learning_verdict(history)
+    out = {"learned": v["learned"], "valid_curve": v["valid_curve"]}
+    if v["learned"] is not None:
+        out.update({"best_valid_hr@1": v["best_valid_hr@1"], "best_step": v["best_step"],
+                    "valid_chance_hr@1": v["chance_hr@1"], "valid_p_value": v["p_value"]})
+    return out
 
 
 def _probe_lines(probe: dict) -> list[str]:
@@ -155,35 +178,53 @@ def _probe_lines(probe: dict) -> list[str]:
     ]
 
 
-def _write_report(art, cfg, results, probe, timings, catalog, test_file, histories) -> None:
+def _write_report(art, cfg, results, probe, timings, dataset, histories) -> None:
+    from lavic_ray.model.formulations import make_formulation
+
+    catalog = dataset.catalog()
+    manifest = json.loads(dataset.manifest.read_text()) if dataset.manifest.is_file() else None
     some = results["random"]
     s2 = cfg.stage2
     hr = results["lavic"]["hr@1"]
     gap = hr - results["lavic-title-only"]["hr@1"]
     target = "met" if hr >= 0.6 and gap >= 0.25 and timings["total"] < 1800 else "NOT met"
+    stuck = [v for v in VARIANTS if results[v].get("learned") is False]
     lines = [
         "# lavic-ray quickstart report", "",
         f"Model: `{cfg.model.checkpoint}`. Dataset: "
-        + (f"synthetic catalog ({len(catalog)} items, seed {cfg.synth.seed}); " if probe else f"`{cfg.dataset.root}` ({len(catalog)} items); ")
-        + 
-        f"test split `{test_file}`: {some['conversations']} conversations, {some['gt_items']} ground-truth items; "
-        f"candidates `{cfg.eval.candidates_key}` (SBERT over titles), ground truth in the list for {some['oracle_hr@10']:.1%} "
-        "(oracle HR@10, the ceiling of any reranker).", "",
-        f"LaViC rows: stage 2 **{s2.formulation}** formulation"
-        + (f" (answer = {s2.answer}, layout = {s2.layout})" if s2.formulation == "listwise" else f" (1 positive : {s2.negatives} negatives; rank by log P(yes) - log P(no))")
-        + f", {s2.epochs} epoch(s), lr {s2.lr}, LoRA r {s2.lora.r}; scores are likelihoods, so ValidRatio is 1 by construction.", "",
+        + (f"synthetic catalog ({len(catalog)} items, seed {cfg.synth.seed}); " if manifest else f"`{cfg.dataset.root}` ({len(catalog)} items); ")
+        + f"test split `{dataset.split('test')}`: {some['conversations']} conversations, {some['gt_items']} ground-truth items; "
+        f"candidates `{cfg.eval.candidates_key}`, ground truth in the list for {some['oracle_hr@10']:.1%} "
+        f"(oracle HR@10, the ceiling of any reranker); a random order scores HR@1 {some['chance_hr@1']:.3f} on average.", "",
+    ]
+    if stuck:
+        lines += ["**Stage 2 did not learn** for " + ", ".join(f"`{v}`" for v in stuck) + ": its best validation HR@1 is not "
+                  "above chance (see the curves below); its test figures are those of an untrained reranker.", ""]
+    lines += [
+        f"LaViC rows: stage 2 **{make_formulation(s2).describe()}**"
+        f", {s2.epochs} epoch(s), lr {s2.lr}, LoRA r {s2.lora.r}; scores are likelihoods, so ValidRatio is 1 by construction.", "",
         format_table(results), "",
-        "Ties count against the ground truth. The decisive attributes (colour, pattern) are only in the images.", "",
+        "Ties count against the ground truth."
+        + (f" The decisive attributes ({', '.join(manifest['decisive_attributes'])}) are only in the images."
+           if manifest and manifest.get("decisive_attributes") else ""), "",
+        "## Stage 2: did each variant learn?", "",
+        "| variant | learned | best validation HR@1 (step) | chance | validation HR@1 by step |", "|---|---|---|---|---|",
+        *[_verdict_row(v, results[v]) for v in VARIANTS], "",
         *(_probe_lines(probe) if probe else []),
         "## Targets", "",
         f"LaViC HR@1 {hr:.4f} (target >= 0.6), {gap:+.4f} over title-only (target >= +0.25), total {timings['total'] / 60:.1f} min "
         f"(target < 30): **{target}**.", "",
         "![training curves](training_curves.png)", "",
         "## Timings (s)", "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], "",
-        "Final stage-2 validation: " + ", ".join(
-            f"{k}: HR@1 {next((h['valid_hr@1'] for h in reversed(v) if 'valid_hr@1' in h), float('nan')):.3f}"
-            for k, v in histories.items() if k != "stage1"),
     ]
     atomic_write_text(art.report / "report.md", "\n".join(lines) + "\n")
     write_config(art.report, cfg)
     (art.report / "results.json").write_text(json.dumps({"methods": results, "probe": probe, "timings": timings}, indent=1))
+
+
+def _verdict_row(name: str, m: dict) -> str:
+    learned = {True: "yes", False: "**no**", None: "unknown (no validation)"}[m.get("learned")]
+    curve = ", ".join(f"{s}: {h:.2f}" for s, h in m.get("valid_curve", []))
+    best = f"{m['best_valid_hr@1']:.3f} ({m['best_step']})" if "best_valid_hr@1" in m else "-"
+    chance = f"{m['valid_chance_hr@1']:.3f}" if "valid_chance_hr@1" in m else "-"
+    return f"| {name} | {learned} | {best} | {chance} | {curve} |"

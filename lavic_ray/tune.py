@@ -30,7 +30,8 @@ import math
 from pathlib import Path
 
 from lavic_ray.artifacts import Artifacts, atomic_write_text
-from lavic_ray.config import ConfigError, LavicConfig, set_dotted, config_to_yaml
+from lavic_ray.config import ConfigError, LavicConfig, config_to_yaml, set_dotted
+from lavic_ray.errors import InputMissing, InvalidInput, UserError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def search_space(cfg: LavicConfig) -> dict:
     return space
 
 
-def _trial(values: dict, base: dict, stage: str, catalog: str, table: str | None, trials_dir: str) -> None:
+def _trial(values: dict, base: dict, stage: str, table: str | None, trials_dir: str) -> None:
     """One trial (runs in a Tune actor): the stage's Ray Train run with the trial's values."""
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -80,7 +81,7 @@ def _trial(values: dict, base: dict, stage: str, catalog: str, table: str | None
 
     cfg = apply(LavicConfig.model_validate(base), values)
     out = Path(trials_dir) / tune.get_context().get_trial_id()
-    run_ray(stage, cfg, catalog, out, table, callbacks=[TuneReportCallback()])
+    run_ray(stage, cfg, out, table, callbacks=[TuneReportCallback()])
 
 
 def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
@@ -92,6 +93,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
     from ray.tune.schedulers import ASHAScheduler
 
     from lavic_ray import workflow
+    from lavic_ray.train.run import absolute_paths
 
     t = cfg.tune
     space = search_space(cfg)
@@ -103,12 +105,12 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
         cfg = vcfg
         table = str(table_path) if table_path else None
         if table_path is not None and not table_path.is_file():
-            raise FileNotFoundError(f"stage 2 reads {table_path}, which is missing (run jobs/embed.py first)")
+            raise InputMissing(f"stage 2 reads {table_path}, which is missing (run jobs/embed.py first)")
     concurrent = _concurrency(t, stage_cfg)
     max_t = stage_cfg.max_steps or 10**9
     out = art.tune(t.stage)
     trials_dir = (out / "trials").resolve()
-    trainable = tune.with_parameters(_trial, base=cfg.model_dump(mode="json"), stage=t.stage, catalog=str(Path(cfg.dataset.root).resolve()),
+    trainable = tune.with_parameters(_trial, base=absolute_paths(cfg).model_dump(mode="json"), stage=t.stage,
                                      table=str(Path(table).resolve()) if table else None, trials_dir=str(trials_dir))
     tuner = tune.Tuner(
         tune.with_resources(trainable, {"cpu": t.cpus_per_trial}),
@@ -149,7 +151,7 @@ def _require_state_api() -> None:
     try:
         list_actors(limit=1, timeout=10)
     except Exception as e:  # the API raises several types when the dashboard is absent
-        raise RuntimeError("Ray Tune over Ray Train needs the Ray dashboard's state API (it frees stopped trials' "
+        raise UserError("Ray Tune over Ray Train needs the Ray dashboard's state API (it frees stopped trials' "
                            "resources): start Ray with its dashboard (ray start --head, or ray.init(include_dashboard=True))"
                            ) from e
 
@@ -168,7 +170,7 @@ def _concurrency(t, stage_cfg) -> int:
     need = workers + (t.cpus_per_trial if key == "CPU" else 0.0)
     fit = int(free.get(key, 0.0) // need) if need else t.max_concurrent_trials
     if fit < 1:
-        raise ValueError(f"one trial needs {need:g} {key} ({stage_cfg.num_workers} workers); the cluster has {free.get(key, 0):g}")
+        raise InvalidInput(f"one trial needs {need:g} {key} ({stage_cfg.num_workers} workers); the cluster has {free.get(key, 0):g}")
     if fit < t.max_concurrent_trials:
         log.info("tune: %d trials at once (each needs %g %s of %g)", fit, need, key, free.get(key, 0.0))
     return min(fit, t.max_concurrent_trials)

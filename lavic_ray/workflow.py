@@ -1,29 +1,39 @@
 """The LaViC workflow, step by step, under one storage root.
 
-Each step reads and writes the artifact layout of :class:`lavic_ray.artifacts.Artifacts`
-and is skipped when its output is already complete, so any step can be rerun, and an
-interrupted run picks up where it stopped (a half-done Ray Train stage resumes from its
-last checkpoint). The ``ray job submit`` entry points (:mod:`lavic_ray.jobs`) run one
-step each; the pipeline job and ``lavic quickstart`` run them all in order.
+Every way of running a step goes through here: the ``lavic`` subcommands, the
+``ray job submit`` entry points (:mod:`lavic_ray.jobs`) and ``lavic quickstart``. Each step
+reads and writes the artifact layout of :class:`lavic_ray.artifacts.Artifacts` (a command
+may name an explicit output instead) and is skipped when its output is already complete,
+so any step can be rerun, and an interrupted run picks up where it stopped (a half-done
+Ray Train stage resumes from its last checkpoint).
 
-Inputs are resolved from the configuration: ``dataset.root`` names the user's dataset
-(None: the synthetic catalog under the storage root) and ``model.checkpoint`` a hub name
-or path (``small`` / ``tiny``: the offline models, built under the storage root).
+Inputs are resolved from the configuration (:func:`resolve`): ``dataset.root`` names the
+user's dataset (None: the synthetic catalog under the storage root) and ``model.checkpoint``
+a hub name or path (``small`` / ``tiny``: the offline models, built under the storage root).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from lavic_ray.artifacts import Artifacts, write_config
 from lavic_ray.config import LavicConfig, LavicRun, config_to_yaml
+from lavic_ray.data.dataset import Dataset
+from lavic_ray.data.layout import image_dirs
+from lavic_ray.errors import InputMissing, InvalidInput
+from lavic_ray.variants import VARIANTS
 
 log = logging.getLogger(__name__)
 
-#: The paper's method and its ablations: stage-2 variant -> item embedding table it reads (None: title only).
-VARIANTS: dict[str, str | None] = {"lavic": "distilled", "lavic-title-only": None, "lavic-no-distill": "undistilled"}
 OFFLINE_MODELS = ("small", "tiny")
+#: ``timed(label, fn, *args)``: how the quickstart times (and shows) a step; the default just calls it.
+Timed = Callable[..., object]
+
+
+def _call(label: str, fn, *a, **k):
+    return fn(*a, **k)
 
 
 def stage_done(stage_dir: Path) -> bool:
@@ -33,15 +43,16 @@ def stage_done(stage_dir: Path) -> bool:
 
 def ensure_synthetic_catalog(cfg: LavicConfig, directory: Path) -> Path:
     """Synthesise the catalog into ``directory`` unless the same config already did."""
-    from lavic_ray.data.synthetic import MANIFEST_FILE, generate
+    from lavic_ray.data.synthetic import generate
+    from lavic_ray.retrieval import make_retriever
 
     wanted = config_to_yaml(cfg.synth)
     previous = directory / "config.yaml"
-    if (directory / MANIFEST_FILE).is_file() and previous.is_file() and previous.read_text() == wanted:
+    if Dataset(directory, cfg.synth.domain).manifest.is_file() and previous.is_file() and previous.read_text() == wanted:
         log.info("reusing the synthetic catalog in %s", directory)
         return directory
     log.info("synthesising the catalog into %s", directory)
-    generate(cfg.synth, directory, force=True)
+    generate(cfg.synth, directory, make_retriever("sbert", cfg.retrieval), force=True)
     return directory
 
 
@@ -50,12 +61,12 @@ def dataset_root(cfg: LavicConfig, art: Artifacts, create: bool = False) -> Path
     if cfg.dataset.root:
         root = Path(cfg.dataset.root)
         if not root.is_dir():
-            raise FileNotFoundError(f"dataset.root {root} is not a directory")
+            raise InputMissing(f"dataset.root {root} is not a directory")
         return root
     if create:
         return ensure_synthetic_catalog(cfg, art.catalog)
-    if not (art.catalog / "item2meta_train.json").is_file() and not (art.catalog / "item2meta_valid.jsonl").is_file():
-        raise FileNotFoundError(f"no dataset: set dataset.root, or run the pipeline job first (it synthesises {art.catalog})")
+    if not Dataset(art.catalog, cfg.synth.domain).has_items():
+        raise InputMissing(f"no dataset: set dataset.root, or run the pipeline job first (it synthesises {art.catalog})")
     return art.catalog
 
 
@@ -69,73 +80,121 @@ def ensure_model(cfg: LavicConfig, art: Artifacts, catalog: Path, build: bool = 
         log.info("reusing the %s model in %s", name, out)
         return str(out)
     if not build:
-        raise FileNotFoundError(f"model.checkpoint={name}: {out} is not built yet (run the pipeline job, or lavic small-model)")
+        raise InputMissing(f"model.checkpoint={name}: {out} is not built yet (run the pipeline job, or lavic small-model)")
     log.info("building the %s model into %s", name, out)
     if name == "tiny":
         from lavic_ray.model.checkpoints import build_tiny
 
-        build_tiny(out, seed=cfg.stage1.seed)
+        build_tiny(out, seed=cfg.small_model.seed)
     else:
         from lavic_ray.model.small import build_small_model
 
-        build_small_model(catalog, out, seed=cfg.stage1.seed, **cfg.small_model.model_dump())
+        build_small_model(catalog, out, **cfg.small_model.model_dump())
     return str(out)
 
 
 def resolve(cfg: LavicConfig, build: bool = False) -> tuple[LavicConfig, Artifacts]:
-    """The config with ``dataset.root`` and ``model.checkpoint`` pointing at real inputs."""
+    """The config with ``dataset.root`` and ``model.checkpoint`` pointing at real inputs.
+
+    Without ``dataset.root`` the dataset is the synthetic catalog under the storage root, in
+    the domain ``synth.domain``; ``build`` makes the catalog and the offline model when missing.
+    """
     art = Artifacts(cfg.storage_root)
     root = dataset_root(cfg, art, create=build)
     domain = cfg.dataset.domain if cfg.dataset.root else cfg.synth.domain
-    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": str(root), "domain": domain})})
+    update: dict = {"root": str(root), "domain": domain}
+    fetched = art.preprocessed / "images"
+    if fetched.is_dir():  # images the preprocess job downloaded from the metadata's URLs: later steps look there too
+        dirs = [str(d) for d in image_dirs(root, cfg.dataset.images_dir)]
+        if str(fetched) not in dirs:
+            update["images_dir"] = [*dirs, str(fetched)]
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update=update)})
     checkpoint = ensure_model(cfg, art, root, build=build)
     return cfg.model_copy(update={"model": cfg.model.model_copy(update={"checkpoint": checkpoint})}), art
 
 
-def stage1(cfg: LavicConfig, art: Artifacts) -> Path:
-    """Stage 1 on Ray Train (skipped when done); returns the stage directory."""
-    from lavic_ray.train.run import run_ray
-
-    if not stage_done(art.stage1):
-        run_ray("stage1", cfg, cfg.dataset.root, art.stage1, max_failures=cfg.job.max_failures)
-    return art.stage1
+def dataset(cfg: LavicConfig) -> Dataset:
+    """The resolved configuration's dataset."""
+    return Dataset.from_config(cfg.dataset)
 
 
-def embed(cfg: LavicConfig, art: Artifacts, which: str) -> Path:
-    """The item embedding table ``distilled`` (stage-1 adapter) or ``undistilled`` (skipped when present)."""
+# ---------------------------------------------------------------------------- steps
+
+
+def preprocess(cfg: LavicConfig, art: Artifacts, out: Path | None = None, use_ray: bool = True) -> dict:
+    """Decode, validate and tile every image into Parquet shards (resumable shard by shard)."""
+    from lavic_ray.pipeline.preprocess import run_preprocess
+
+    out = Path(out or art.preprocessed)
+    return {"out": str(out), **run_preprocess(cfg, cfg.dataset.root, out, use_ray=use_ray)}
+
+
+def describe(cfg: LavicConfig, art: Artifacts, out: Path | None = None, use_ray: bool = True) -> dict:
+    """Teacher descriptions from the full-token VLM (skips described images)."""
+    from lavic_ray.pipeline.describe import run_describe
+
+    return run_describe(cfg, cfg.dataset.root, Path(out or art.descriptions), use_ray=use_ray)
+
+
+def run_stage(stage: str, cfg: LavicConfig, out: Path, table: Path | None = None, use_ray: bool = True):
+    """Train a stage into ``out`` on Ray Train (or in this process); returns its final metrics.
+    The console follows the run's ``progress.json`` (written by its rank 0, wherever that runs)."""
+    from lavic_ray import console
+    from lavic_ray.train.run import run_local, run_ray
+
+    label = "stage 1" if stage == "stage1" else f"stage 2 {out.name}"
+    with console.get().watch(Path(out) / "progress.json", label):
+        if use_ray:
+            return run_ray(stage, cfg, out, table).metrics
+        return run_local(stage, cfg, out, table)
+
+
+def stage1(cfg: LavicConfig, art: Artifacts, out: Path | None = None, use_ray: bool = True) -> Path:
+    """Stage 1 (skipped when done); returns the stage directory."""
+    out = Path(out or art.stage1)
+    if not stage_done(out):
+        run_stage("stage1", cfg, out, use_ray=use_ray)
+    return out
+
+
+def embed(cfg: LavicConfig, art: Artifacts, which: str, out: Path | None = None, adapter: Path | None = None,
+          use_ray: bool = True) -> Path:
+    """An item embedding table (skipped when present): ``distilled`` (stage 1's adapter, or ``adapter``)
+    or ``undistilled`` (the vision side before stage 1)."""
     from lavic_ray.pipeline.embed import run_embed
 
-    out = art.table(which)
+    out = Path(out or art.table(which))
     if out.is_file():
         return out
-    adapter = None
-    if which == "distilled":
+    if which == "distilled" and adapter is None:
         adapter = art.stage1 / "adapter"
         if not stage_done(art.stage1):
-            raise FileNotFoundError(f"the distilled table needs stage 1's adapter: {adapter} is missing (run jobs/distill.py)")
-    return run_embed(cfg, cfg.dataset.root, out, adapter)
+            raise InputMissing(f"the distilled table needs stage 1's adapter: {adapter} is missing (run jobs/distill.py)")
+    return run_embed(cfg, out, adapter if which == "distilled" else None, use_ray=use_ray)
 
 
 def variant(cfg: LavicConfig, art: Artifacts, name: str) -> tuple[LavicConfig, Path | None]:
-    """The stage-2 config and table of a variant (``lavic``, ``lavic-title-only``, ``lavic-no-distill``)."""
+    """The stage-2 config and table of a variant (:data:`lavic_ray.variants.VARIANTS`)."""
     if name not in VARIANTS:
-        raise ValueError(f"unknown stage-2 variant {name!r}; choose one of {list(VARIANTS)}")
-    which = VARIANTS[name]
-    if which is None:
+        raise InvalidInput(f"unknown stage-2 variant {name!r}; choose one of {list(VARIANTS)}")
+    v = VARIANTS[name]
+    if not v.use_images:
         return cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"use_images": False})}), None
-    return cfg, art.table(which)
+    return cfg, art.table(v.table)
 
 
-def stage2(cfg: LavicConfig, art: Artifacts, name: str) -> LavicRun:
-    """Stage 2 of a variant on Ray Train (skipped when done)."""
-    from lavic_ray.train.run import run_ray
-
-    vcfg, table = variant(cfg, art, name)
+def stage2(cfg: LavicConfig, art: Artifacts, name: str, out: Path | None = None, table: Path | None = None,
+           use_ray: bool = True) -> LavicRun:
+    """Stage 2 of a variant (skipped when done); ``table`` overrides the variant's item embedding table."""
+    vcfg, default_table = variant(cfg, art, name)
+    table = Path(table) if table is not None else default_table
+    if not vcfg.stage2.use_images:
+        table = None
     if table is not None and not table.is_file():
-        raise FileNotFoundError(f"stage 2 ({name}) reads {table}, which is missing (run jobs/embed.py)")
-    d = art.stage2(name)
+        raise InputMissing(f"stage 2 ({name}) reads {table}, which is missing (run jobs/embed.py or lavic embed)")
+    d = Path(out or art.stage2(name))
     if not stage_done(d):
-        run_ray("stage2", vcfg, cfg.dataset.root, d, table, max_failures=cfg.job.max_failures)
+        run_stage("stage2", vcfg, d, table, use_ray=use_ray)
     return LavicRun(stage2_dir=str(d), table=str(table) if table else None)
 
 
@@ -145,7 +204,7 @@ def concurrent_runs(stage_cfg, total: dict[str, float]) -> int:
     return max(1, int(total.get(key, 0.0) / need + 1e-9))
 
 
-def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), timed=None) -> dict[str, LavicRun]:
+def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), timed: Timed = _call) -> dict[str, LavicRun]:
     """Stage 2 of several variants, as many at once as the cluster holds (one Ray Train run each).
 
     The variants are independent runs. When one run takes a fraction of the cluster
@@ -158,16 +217,16 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
     any wave. Each run keeps its own checkpoints, so an interrupted set resumes run by run;
     every run of a wave finishes before the first error (if any) is raised.
     """
-    import ray
     from concurrent.futures import ThreadPoolExecutor
+
+    import ray
 
     todo = [n for n in names if not stage_done(art.stage2(n))]
     runs = {n: stage2(cfg, art, n) for n in names if n not in todo}
     total = ray.cluster_resources() if ray.is_initialized() else {}
     lanes = min(len(todo), concurrent_runs(cfg.stage2, total)) if todo and total else 1
-    call = timed or (lambda label, fn, *a: fn(*a))
     if lanes > 1:
-        todo.sort(key=lambda n: VARIANTS[n] is None)  # the longer runs (with vectors) in the first wave
+        todo.sort(key=lambda n: not VARIANTS[n].use_images)  # the longer runs (with vectors) in the first wave
     waves = [todo[i: i + lanes] for i in range(0, len(todo), lanes)]
     if lanes > 1:
         log.info("stage 2: %d variants, %d at a time: %s", len(todo), lanes, " then ".join(" + ".join(w) for w in waves))
@@ -179,11 +238,11 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
                 wcfg = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"cpus_per_worker": float(share)})})
                 log.info("stage 2: %s on %d CPUs per worker", " + ".join(wave), share)
         if len(wave) == 1:  # in this thread: Ray Train's Ctrl-C handler only installs in the main thread
-            runs[wave[0]] = call(f"stage 2 ({wave[0]})", stage2, wcfg, art, wave[0])
+            runs[wave[0]] = timed(f"stage 2 ({wave[0]})", stage2, wcfg, art, wave[0])
             continue
         errors = {}
         with ThreadPoolExecutor(max_workers=len(wave), thread_name_prefix="stage2") as pool:
-            futures = {n: pool.submit(call, f"stage 2 ({n})", stage2, wcfg, art, n) for n in wave}
+            futures = {n: pool.submit(timed, f"stage 2 ({n})", stage2, wcfg, art, n) for n in wave}
             for n, f in futures.items():
                 try:
                     runs[n] = f.result()
@@ -198,25 +257,26 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
 def trained_runs(art: Artifacts) -> dict[str, LavicRun]:
     """Every stage-2 variant already trained under the storage root."""
     runs = {}
-    for name, which in VARIANTS.items():
+    for name, v in VARIANTS.items():
         if stage_done(art.stage2(name)):
-            runs[name] = LavicRun(stage2_dir=str(art.stage2(name)), table=str(art.table(which)) if which else None)
+            runs[name] = LavicRun(stage2_dir=str(art.stage2(name)), table=str(art.table(v.table)) if v.table else None)
     return runs
 
 
 def evaluate_methods(cfg: LavicConfig, art: Artifacts, methods, runs: dict[str, LavicRun], split: str = "test",
-                     timed=None) -> dict[str, dict]:
+                     timed: Timed = _call, out_dirs: bool = True) -> dict[str, dict]:
     """Every method on a split of the dataset; metrics, predictions and config under ``eval/<method>``."""
-    from lavic_ray.data.layout import Catalog, read_conversations
-    from lavic_ray.eval.evaluate import EvalContext, evaluate
+    from lavic_ray.eval.evaluate import evaluate
+    from lavic_ray.eval.methods import EvalContext
 
     ecfg = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"runs": {**cfg.eval.runs, **runs}})})
-    conv_file = Path(cfg.dataset.root) / cfg.dataset.domain / f"{split}.jsonl"
-    convs = read_conversations(conv_file, candidate_keys=(ecfg.eval.candidates_key,))
-    ctx = EvalContext(ecfg, Catalog.load(cfg.dataset.root))
+    ds = dataset(cfg)
+    convs = ds.conversations(split, (ecfg.eval.candidates_key,))
+    ctx = EvalContext(ecfg, ds.catalog())
     results = {}
     for method in methods:
-        args = (convs, method, ecfg.eval.candidates_key, ctx, art.eval_dir(method))
-        results[method] = timed(f"evaluate {method}", evaluate, *args) if timed else evaluate(*args)
-    write_config(art.eval_dir(""), ecfg)
+        results[method] = timed(f"evaluate {method}", evaluate, convs, method, ecfg.eval.candidates_key, ctx,
+                                art.eval_dir(method) if out_dirs else None)
+    if out_dirs:
+        write_config(art.eval_dir(""), ecfg)
     return results

@@ -49,3 +49,44 @@ def test_preprocess_and_describe_cli(capsys, synth_root, tiny_dir, tmp_path):
     assert "described 2 images" in capsys.readouterr().out
     assert main(["preprocess", "--catalog", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x"), "--checkpoint",
                  str(tiny_dir), "--no-ray"]) == 2
+
+
+def test_version_and_one_error_type(capsys, monkeypatch, tmp_path):
+    import pytest
+
+    from lavic_ray import __version__
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    # a user error: exit 2, one line naming what to fix
+    assert main(["evaluate", "--conversations", str(tmp_path / "none.jsonl"), "--method", "random"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lavic evaluate: error: conversations file not found" in err
+    # a bug is not a user error: it keeps its traceback (here, a KeyError from inside the code)
+    import lavic_ray.data.layout as layout
+
+    monkeypatch.setattr(layout, "read_conversations", lambda *a, **k: {}["oops"])
+    with pytest.raises(KeyError, match="oops"):
+        main(["evaluate", "--conversations", str(tmp_path / "none.jsonl"), "--method", "random"])
+
+
+def test_flags_become_dotted_overrides_and_set_wins(tmp_path):
+    from lavic_ray.cli import _load, build_parser
+
+    args = build_parser().parse_args(["recommend", "--catalog", str(tmp_path), "--out", "o", "--variant", "lavic-title-only",
+                                      "--max-failures", "3", "--set", "job.max_failures=4"])
+    cfg = _load(args)
+    assert cfg.dataset.root == str(tmp_path) and cfg.job.variant == "lavic-title-only" and cfg.job.max_failures == 4
+    args = build_parser().parse_args(["embed", "--catalog", "c", "--out", "t.parquet", "--batch-size", "7", "--actors", "2"])
+    cfg = _load(args)
+    assert (cfg.embed.batch_size, cfg.embed.actors) == (7, 2)
+    # no flag: the config's own default (the CLI never carries a second default)
+    args = build_parser().parse_args(["distill", "--out", "o"])
+    assert _load(args).job.max_failures == load_config_default().job.max_failures
+
+
+def load_config_default():
+    from lavic_ray.config import LavicConfig
+
+    return LavicConfig()

@@ -24,10 +24,10 @@ def catalog(request) -> Path:
     return Path(env) if env else request.getfixturevalue("synth_root")
 
 
-def _cfg(tiny_dir, stage: str, *extra: str):
+def _cfg(tiny_dir, stage: str, *extra: str, catalog=None):
     from lavic_ray.config import load_config
 
-    return load_config(None, [f"model.checkpoint={tiny_dir}", f"{stage}.engine.kind=torch", f"{stage}.engine.precision=bf16",
+    return load_config(None, [f"model.checkpoint={tiny_dir}", f"dataset.root={catalog}", f"{stage}.engine.kind=torch", f"{stage}.engine.precision=bf16",
                               f"{stage}.max_steps=4", f"{stage}.eval_every=2", f"{stage}.eval_limit=4",
                               f"{stage}.engine.micro_batch_size=2", f"{stage}.log_every=1", *extra])
 
@@ -39,7 +39,7 @@ def _history(out: Path) -> list[dict]:
 def test_stage1_plain_loop_trains_on_cuda_in_bf16(tmp_path, tiny_dir, catalog):
     from lavic_ray.train.run import run_local
 
-    run_local("stage1", _cfg(tiny_dir, "stage1"), catalog, tmp_path / "s1")
+    run_local("stage1", _cfg(tiny_dir, "stage1", catalog=catalog), tmp_path / "s1")
     hist = _history(tmp_path / "s1")
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
     assert all(math.isfinite(h["train_loss"]) for h in hist)
@@ -50,8 +50,9 @@ def test_stage1_plain_loop_trains_on_cuda_in_bf16(tmp_path, tiny_dir, catalog):
 def test_stage2_plain_loop_trains_on_cuda_in_bf16(tmp_path, tiny_dir, catalog, formulation):
     from lavic_ray.train.run import run_local
 
-    cfg = _cfg(tiny_dir, "stage2", "stage2.use_images=false", f"stage2.formulation={formulation}", "stage2.negatives=3")
-    run_local("stage2", cfg, catalog, tmp_path / "s2")
+    cfg = _cfg(tiny_dir, "stage2", "stage2.use_images=false", f"stage2.formulation={formulation}", "stage2.negatives=3",
+               catalog=catalog)
+    run_local("stage2", cfg, tmp_path / "s2")
     hist = _history(tmp_path / "s2")
     assert [h["step"] for h in hist] == [1, 2, 3, 4]
     assert all(math.isfinite(h["train_loss"]) for h in hist)
@@ -66,10 +67,10 @@ def test_scoring_on_cuda_matches_cpu_in_every_sharing_mode(tiny_dir, formulation
     from lavic_ray.model.checkpoints import load_checkpoint
     from lavic_ray.model.lavic import NUM_VECTORS, LaViC
     from lavic_ray.model.prompts import PromptBuilder
-    from lavic_ray.model.scoring import score_batch
+    from lavic_ray.model.formulations import score_batch
 
     ck = load_checkpoint(str(tiny_dir))
-    builder = PromptBuilder(ck.tokenizer, ck.image_token_id, 512, "vectors_first")
+    builder = PromptBuilder(ck.tokenizer, ck.image_token_id, 512)
     cands = [(f"B0000000{i:02d}", f"item {i}" + " long" * i) for i in range(10)]
     g = torch.Generator().manual_seed(0)
     table = {c: torch.randn(NUM_VECTORS, ck.model.config.text_config.hidden_size, generator=g) for c, _ in cands}

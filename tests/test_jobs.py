@@ -37,3 +37,9 @@ def test_variants_read_their_own_tables(tmp_path, synth_root, tiny_dir):
     with pytest.raises(FileNotFoundError, match="jobs/distill.py"):
         workflow.embed(cfg, art, "distilled")
     assert art.root.is_absolute()
+
+
+def test_jobs_take_set_overrides_like_lavic(tmp_path, capsys):
+    argv = ["--config", "jobs/configs/distill_small.yaml", "--set", f"storage_root={tmp_path}", "--set", "stage1.lrr=1"]
+    assert main("distill", argv) == 2
+    assert "stage1.lrr: unknown key" in capsys.readouterr().err

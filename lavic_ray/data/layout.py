@@ -7,9 +7,10 @@ One parsing path serves both the strict readers the pipeline uses (raise
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Union
 
 from lavic_ray.data.records import (
     REQUIRED_CANDIDATE_KEYS,
@@ -20,6 +21,7 @@ from lavic_ray.data.records import (
     Problem,
     split_image_name,
 )
+from lavic_ray.errors import InputMissing, UnknownKey
 
 SPLITS = ("train", "valid", "test")
 ITEMS_TRAIN_FILE = "item2meta_train.json"
@@ -27,6 +29,9 @@ ITEMS_VALID_FILE = "item2meta_valid.jsonl"
 IMAGES_DIR = "images"
 DESC_MAP_FIELD = "image_descriptions_llava_cleaned"
 DESC_FIELD = "image_description_llava_cleaned"
+#: The synthetic catalog's manifest and attribute truth (``lavic synth``; tests and reports, never a model input).
+MANIFEST_FILE = "synth_manifest.json"
+TRUTH_FILE = "synth_truth.json"
 
 
 # --------------------------------------------------------------------------- JSON lines
@@ -214,7 +219,7 @@ def read_conversations(path: str | Path, candidate_keys: tuple[str, ...] = REQUI
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"conversations file not found: {path}")
+        raise InputMissing(f"conversations file not found: {path}")
     convs, problems = read_conversations_checked(path, candidate_keys)
     errors = [p for p in problems if p.severity == "error"]
     if errors:
@@ -256,7 +261,47 @@ def _check_image_name(name: str, item_id: str, file: str, line: int, fld: str, p
     return True
 
 
-def read_items_checked(root: str | Path, images_dir: str | Path | None = None) -> tuple[dict[str, Item], list[Problem]]:
+ImageDirs = Union[str, Path, Sequence[Union[str, Path]], None]
+
+
+def image_dirs(base: Path, images_dir: ImageDirs) -> list[Path]:
+    """The image folders to look in, in order (default ``<base>/images``)."""
+    if images_dir is None:
+        return [base / IMAGES_DIR]
+    if isinstance(images_dir, (str, Path)):
+        return [Path(images_dir)]
+    return [Path(d) for d in images_dir] or [base / IMAGES_DIR]
+
+
+def image_path(name: str, dirs: list[Path]) -> Path:
+    """The first folder that has ``name`` (the release keeps training and validation images apart), else the first folder."""
+    for d in dirs:
+        if (d / name).is_file():
+            return d / name
+    return dirs[0] / name
+
+
+def _release_images(value: dict, item_id: str, file: str, line: int, problems: list[Problem]) -> dict[str, str]:
+    """``{item_id}_{k}.jpg -> images[k].large`` of an item2meta_train.json entry (the release's image URLs)."""
+    imgs = value.get("images")
+    if imgs is None:
+        return {}
+    if not isinstance(imgs, list):
+        problems.append(Problem(file, line, f"{item_id}.images", f"must be a list of image records, got {type(imgs).__name__}",
+                                "mistyped_field", "warning"))
+        return {}
+    out = {}
+    for k, rec in enumerate(imgs):
+        url = rec.get("large") if isinstance(rec, dict) else None
+        if isinstance(url, str) and url:
+            out[f"{item_id}_{k}.jpg"] = url
+        else:
+            problems.append(Problem(file, line, f"{item_id}.images[{k}].large", "missing or not a string URL; this image is skipped",
+                                    "mistyped_field", "warning"))
+    return out
+
+
+def read_items_checked(root: str | Path, images_dir: ImageDirs = None) -> tuple[dict[str, Item], list[Problem]]:
     """Read ``item2meta_train.json`` and ``item2meta_valid.jsonl`` under ``root`` (either may be absent).
 
     ``root`` may also be one of the two files itself. Items found in both are merged.
@@ -271,7 +316,7 @@ def read_items_checked(root: str | Path, images_dir: str | Path | None = None) -
     else:
         files = [p for p in (root / ITEMS_TRAIN_FILE, root / ITEMS_VALID_FILE) if p.is_file()]
         base = root
-    img_root = Path(images_dir) if images_dir is not None else base / IMAGES_DIR
+    dirs = image_dirs(base, images_dir)
     drafts: dict[str, _ItemDraft] = {}
     problems: list[Problem] = []
     if not files:
@@ -310,7 +355,7 @@ def read_items_checked(root: str | Path, images_dir: str | Path | None = None) -
                 d.title = d.title or obj["title"]
                 d.meta.update({k: v for k, v in obj.items() if k not in ("title", "image_name", "image", DESC_FIELD)})
                 d.images[obj["image_name"]] = ItemImage(
-                    obj["image_name"], img_root / obj["image_name"], obj.get(DESC_FIELD), obj.get("image")
+                    obj["image_name"], image_path(obj["image_name"], dirs), obj.get(DESC_FIELD), obj.get("image")
                 )
         else:
             for lineno, item_id, value, problem in iter_json_object(f):
@@ -329,10 +374,14 @@ def read_items_checked(root: str | Path, images_dir: str | Path | None = None) -
                 descs = _check_description_map(value.get(DESC_MAP_FIELD, {}), fs, lineno, problems)
                 d = drafts.setdefault(item_id, _ItemDraft())
                 d.title = d.title or value["title"]
-                d.meta.update({k: v for k, v in value.items() if k not in ("title", DESC_MAP_FIELD)})
+                d.meta.update({k: v for k, v in value.items() if k not in ("title", DESC_MAP_FIELD, "images")})
+                urls = _release_images(value, item_id, fs, lineno, problems)
                 for name, desc in descs.items():
                     if _check_image_name(name, item_id, fs, lineno, f"{item_id}.{DESC_MAP_FIELD}", problems):
-                        d.images[name] = ItemImage(name, img_root / name, desc)
+                        d.images[name] = ItemImage(name, image_path(name, dirs), desc, urls.get(name))
+                for name, url in urls.items():  # images with a URL but no description (the release's images[k].large)
+                    if name not in d.images:
+                        d.images[name] = ItemImage(name, image_path(name, dirs), None, url)
 
     items = {}
     for item_id, d in drafts.items():
@@ -354,7 +403,7 @@ class Catalog:
             self.items = {it.item_id: it for it in items}
 
     @classmethod
-    def load(cls, root: str | Path, images_dir: str | Path | None = None) -> "Catalog":
+    def load(cls, root: str | Path, images_dir: ImageDirs = None) -> "Catalog":
         """Read the items under ``root``; raise :class:`DataError` on the first error."""
         items, problems = read_items_checked(root, images_dir)
         errors = [p for p in problems if p.severity == "error"]
@@ -372,7 +421,7 @@ class Catalog:
         try:
             return self.items[item_id]
         except KeyError:
-            raise KeyError(f"item {item_id!r} is not in the catalog ({len(self.items)} items)") from None
+            raise UnknownKey(f"item {item_id!r} is not in the catalog ({len(self.items)} items)") from None
 
     def __iter__(self) -> Iterator[Item]:
         return iter(self.items.values())

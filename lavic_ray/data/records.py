@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from lavic_ray.errors import InvalidInput, UnknownKey
+
 Severity = Literal["error", "warning"]
 
 #: Candidate lists the paper's release ships (SBERT and GPT-4o-large retrieval).
@@ -65,7 +67,7 @@ class Problem:
         }
 
 
-class DataError(ValueError):
+class DataError(InvalidInput):
     """Raised by strict readers on the first error; carries the :class:`Problem`."""
 
     def __init__(self, problem: Problem):
@@ -108,7 +110,7 @@ class Conversation:
         try:
             return self.candidates[key]
         except KeyError:
-            raise KeyError(
+            raise UnknownKey(
                 f"conversation {self.conv_id} has no candidate list {key!r}; "
                 f"it has {sorted(self.candidates) or 'none'}"
             ) from None

@@ -33,14 +33,27 @@ from pathlib import Path
 
 from lavic_ray.artifacts import atomic_write_text, write_config, write_json
 from lavic_ray.config import SynthConfig
-from lavic_ray.data.layout import DESC_FIELD, DESC_MAP_FIELD, IMAGES_DIR, ITEMS_TRAIN_FILE, ITEMS_VALID_FILE
-from lavic_ray.data.records import Turn, format_turns
-from lavic_ray.data.render import COLOURS, EMBLEMS, PATTERNS, SILHOUETTES, render_product
+from lavic_ray.data.layout import (
+    DESC_FIELD,
+    DESC_MAP_FIELD,
+    IMAGES_DIR,
+    ITEMS_TRAIN_FILE,
+    ITEMS_VALID_FILE,
+    MANIFEST_FILE,
+    TRUTH_FILE,
+)
+from lavic_ray.data.records import Turn, format_turns, plain_text
+from lavic_ray.data.render import (
+    COLOURS,
+    EMBLEMS,
+    PATTERNS,
+    SILHOUETTES,
+    render_product,
+)
+from lavic_ray.errors import InvalidInput, OutputExists
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "synth_manifest.json"
-TRUTH_FILE = "synth_truth.json"
 GENERATOR_VERSION = 1
 
 BRANDS = (
@@ -271,27 +284,25 @@ def make_items(cfg: SynthConfig) -> list[SynthItem]:
     for pool in ("train", "valid", "test"):
         size = sum(it.pool == pool for it in items)
         if counts[pool] and size <= cfg.num_candidates:
-            raise ValueError(
+            raise InvalidInput(
                 f"synth: the {pool} pool would hold {size} items, but a candidate list needs more than "
                 f"{cfg.num_candidates}; raise synth.items (now {cfg.items}) or synth.pools.{pool}"
             )
     return items
 
 
-def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever=None) -> dict[str, list[dict]]:
+def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> dict[str, list[dict]]:
     """Conversation records per split, with SBERT ``candidates_st`` lists.
 
     Args:
         items: From :func:`make_items`.
         cfg: The synthetic catalog config.
-        retriever: An SBERT retriever (built from the default model when None).
+        retriever: An empty SBERT retriever (``lavic_ray.retrieval.SBERTRetriever``; anything with
+            ``index(ids, texts)`` and ``search(queries, k, restrict_to)``): it ranks each pool's
+            titles for the conversation's text.
     """
-    from lavic_ray.retrieval import SBERTRetriever, conversation_query
-
     rng = random.Random(f"{cfg.seed}:conversations")
     by_id = {it.item_id: it for it in items}
-    if retriever is None:
-        retriever = SBERTRetriever()
     retriever.index([it.item_id for it in items], [it.title for it in items])
     counts = _split_counts(cfg.conversations, cfg.split)
     out: dict[str, list[dict]] = {}
@@ -312,13 +323,13 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever=None)
             rng.sample(range(counts[split]), round(cfg.gt_in_candidates * counts[split]))
         )
         convs = [format_turns(_conversation(t, rng)) for t in targets]
-        ranked_all = retriever.search([conversation_query(c) for c in convs], k=len(pool), restrict_to=[it.item_id for it in pool])
+        ranked_all = retriever.search([plain_text(c) for c in convs], k=len(pool), restrict_to=[it.item_id for it in pool])
         rows = []
         for i, (target, context, ranked) in enumerate(zip(targets, convs, ranked_all)):
             gt_items = sorted(matches[target.key])
             gt_set = set(gt_items)
             if len(gt_set) >= n:
-                raise ValueError(f"{len(gt_set)} items match one request; raise synth.items or num_candidates")
+                raise InvalidInput(f"{len(gt_set)} items match one request; raise synth.items or num_candidates")
             order = [item_id for item_id, _ in ranked]
             if i in with_gt:
                 cands = order[:n]
@@ -341,28 +352,30 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever=None)
     return out
 
 
-def generate(cfg: SynthConfig, out: str | Path, force: bool = False, retriever=None) -> dict:
+def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) -> dict:
     """Write a complete synthetic dataset to ``out``.
 
     Args:
         cfg: Sizes, seed and fractions.
         out: Target directory; it must be empty or absent unless ``force``.
+        retriever: The SBERT retriever that makes ``candidates_st`` (see :func:`make_conversations`).
         force: Replace a previous synthetic dataset in ``out``.
-        retriever: Optional SBERT retriever to reuse (tests share one).
 
     Returns:
         The manifest (also written to ``out/synth_manifest.json``).
 
     Raises:
-        FileExistsError: ``out`` holds files and ``force`` is not set, or holds
-            something that is not a synthetic dataset (never overwritten).
+        OutputExists: ``out`` holds files and ``force`` is not set, holds something that is not
+            a synthetic dataset (never overwritten), or is a file.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputExists(f"{out} is a file, not a directory: choose another --out")
     if out.exists() and any(out.iterdir()):
         if not force:
-            raise FileExistsError(f"{out} is not empty; choose another --out or pass --force to replace a synthetic dataset")
+            raise OutputExists(f"{out} is not empty; choose another --out or pass --force to replace a synthetic dataset")
         if not (out / MANIFEST_FILE).is_file():
-            raise FileExistsError(f"{out} is not empty and holds no {MANIFEST_FILE}: refusing to overwrite data that lavic synth did not write")
+            raise OutputExists(f"{out} is not empty and holds no {MANIFEST_FILE}: refusing to overwrite data that lavic synth did not write")
     t0 = time.monotonic()
     items = make_items(cfg)
     images = out / IMAGES_DIR
@@ -426,3 +439,15 @@ def generate(cfg: SynthConfig, out: str | Path, force: bool = False, retriever=N
     write_config(out, cfg)
     log.info("synthetic catalog written to %s in %.1f s", out, time.monotonic() - t0)
     return manifest
+
+
+def corpus_lines() -> list[str]:
+    """Every text fragment the generator writes (titles, conversations, descriptions, attribute words):
+    the corpus the tiny model's tokenizer is trained on, so that any synthetic text encodes compactly."""
+    lines = list(BRANDS) + list(_REASONS) + list(_FOLLOWUPS) + list(_DESC_TEMPLATES)
+    for spec in CATEGORY_TEXT.values():
+        for v in spec.values():
+            lines.extend(v)
+    lines += [" ".join(COLOURS), " ".join(PATTERNS), " ".join(EMBLEMS)]
+    lines += [t for triple in PATTERN_TEXT.values() for t in triple]
+    return lines

@@ -9,8 +9,8 @@ from typing import Literal
 
 from lavic_ray.data.images import check_image
 from lavic_ray.data.layout import (
-    IMAGES_DIR,
     find_conversation_files,
+    image_dirs,
     read_conversations_checked,
     read_items_checked,
 )
@@ -102,10 +102,11 @@ def validate_root(
     report.counts["items"] = len(items)
 
     if images != "none":
-        img_root = Path(images_dir) if images_dir is not None else root / IMAGES_DIR
+        dirs = image_dirs(root, images_dir)
         n_images = 0
-        if not img_root.is_dir():
-            report.problems.append(Problem(str(img_root), 0, "", "images directory not found; every item falls back to its no-image vectors", "missing_image", "warning"))
+        if not any(d.is_dir() for d in dirs):
+            report.problems.append(Problem(", ".join(map(str, dirs)), 0, "", "images directory not found; every item falls "
+                                           "back to its no-image vectors", "missing_image", "warning"))
         else:
             for item in items.values():
                 if not item.images:

@@ -17,6 +17,8 @@ Rules (stated once, used everywhere):
   candidates (an empty prediction is invalid). Scoring methods are 1.0 by construction.
 * Oracle HR@k: the fraction of conversations with a ground-truth item among the
   first k candidates - the ceiling of any reranker of that list.
+* Chance HR@1: what a random order of each list scores on average (the share of
+  ground-truth items in the list); :func:`above_chance` tests an HR@1 against it.
 """
 
 from __future__ import annotations
@@ -140,4 +142,51 @@ def aggregate(judged: Sequence[Judged], ks: Sequence[int] = DEFAULT_KS, oracle_k
     out[f"oracle_hr@{oracle_k}_per_gt_item"] = (
         sum(g in j.candidates[:oracle_k] for j in judged for g in j.gt_items) / len(gt_rows)
     )
+    out["chance_hr@1"] = chance_hr1(judged)
     return out
+
+
+def chance_hr1(judged: Sequence[Judged]) -> float:
+    """The HR@1 a random order of each candidate list gets on average: the mean share of ground-truth items
+    in the list (0 for a list without one)."""
+    if not judged:
+        raise ValueError("no conversations")
+    return sum(len(set(j.gt_items) & set(j.candidates)) / len(j.candidates) if j.candidates else 0.0
+               for j in judged) / len(judged)
+
+
+def binomial_tail(hits: int, n: int, p: float) -> float:
+    """P(X >= hits) for X ~ Binomial(n, p)."""
+    if hits <= 0:
+        return 1.0
+    p = min(max(p, 0.0), 1.0)
+    return min(1.0, sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(hits, n + 1)))
+
+
+def above_chance(hr1: float, n: int, chance: float, alpha: float = 0.05) -> bool:
+    """Whether an HR@1 over ``n`` conversations is above the random-order ``chance`` HR@1 at level ``alpha``
+    (one-sided exact binomial test on the number of hits)."""
+    return n > 0 and binomial_tail(round(hr1 * n), n, chance) < alpha
+
+
+def learning_verdict(history: Sequence[dict], alpha: float = 0.05) -> dict:
+    """Did a stage-2 run learn? Read from its validations (``history.json``).
+
+    The run learned when its best validation HR@1 is above the validation split's chance HR@1
+    at level ``alpha``, Bonferroni-corrected for the number of validations it was picked from
+    (the kept adapter is the best one). Without validations nothing can be said: ``learned``
+    is None.
+
+    Returns:
+        ``learned``, ``best_valid_hr@1``, ``chance_hr@1``, ``valid_conversations``, ``p_value``
+        and ``valid_curve`` (``[step, HR@1]`` pairs).
+    """
+    vals = [h for h in history if "valid_hr@1" in h]
+    curve = [[int(h["step"]), float(h["valid_hr@1"])] for h in vals]
+    if not vals or "valid_chance_hr@1" not in vals[-1]:
+        return {"learned": None, "valid_curve": curve}
+    best = max(vals, key=lambda h: h["valid_hr@1"])
+    n, chance = int(best["valid_conversations"]), float(best["valid_chance_hr@1"])
+    p = min(1.0, binomial_tail(round(best["valid_hr@1"] * n), n, chance) * len(vals))
+    return {"learned": p < alpha, "best_valid_hr@1": best["valid_hr@1"], "best_step": int(best["step"]),
+            "chance_hr@1": chance, "valid_conversations": n, "p_value": p, "valid_curve": curve}

@@ -7,14 +7,15 @@ catalog's ``synth_truth.json``). Run it before and after stage 1.
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
-from lavic_ray.data.layout import Catalog
+from lavic_ray.config import LavicConfig
+from lavic_ray.data.dataset import Dataset
 from lavic_ray.data.render import COLOURS
+from lavic_ray.errors import InputMissing
 
 PATTERN_WORDS = {"solid": ("solid", "unpatterned", "plain"), "striped": ("stripe",), "polka-dot": ("polka", "dots"),
                  "checkered": ("checker", "checked")}
@@ -33,27 +34,30 @@ def first_mentioned(text: str, vocab: dict[str, tuple[str, ...]]) -> str | None:
 
 
 @torch.no_grad()
-def probe_descriptions(checkpoint: str, catalog_root: str | Path, item_ids: list[str], adapter: str | Path | None = None,
-                       max_new_tokens: int = 32, dtype: str = "float32", batch_size: int = 8) -> dict:
+def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Path | None = None,
+                       max_new_tokens: int = 32, batch_size: int = 8) -> dict:
     """Generate descriptions from 5 vectors and score their colour and pattern words.
+
+    Args:
+        cfg: The configuration: ``dataset`` (a synthetic catalog, with its attribute truth) and
+            ``model`` (the model is built as every other step builds it).
+        item_ids: The items to probe.
+        adapter: A stage-1 vision adapter (None: the vision side before stage 1).
 
     Returns:
         ``colour_accuracy``, ``pattern_accuracy``, ``items`` and a few ``examples``.
     """
-    from lavic_ray.model.checkpoints import load_checkpoint
-    from lavic_ray.model.lavic import LaViC
-    from lavic_ray.model.lora import load_lora
-    from lavic_ray.model.prompts import PromptBuilder
+    from lavic_ray.model.build import build_lavic, prompt_builder
+    from lavic_ray.model.scoring import generate_batch
     from lavic_ray.model.views import pixel_views
 
-    root = Path(catalog_root)
-    truth = json.loads((root / "synth_truth.json").read_text())["items"]
-    catalog = Catalog.load(root)
-    ck = load_checkpoint(checkpoint, dtype)
-    vlm = load_lora(ck.model, adapter) if adapter else ck.model
-    model = LaViC(vlm, ck.image_token_id).eval()
-    builder = PromptBuilder(ck.tokenizer, ck.image_token_id)
-    from lavic_ray.model.scoring import generate_batch
+    dataset = Dataset.from_config(cfg.dataset)
+    truth = dataset.attribute_truth()
+    if truth is None:
+        raise InputMissing(f"the probe needs the attribute truth of a synthetic catalog: {dataset.truth} is missing")
+    catalog = dataset.catalog()
+    model, ck = build_lavic(cfg.model, adapter=adapter)
+    builder = prompt_builder(ck, cfg.prompts)
 
     colours = {c: (c,) for c in COLOURS}
     hits_c = hits_p = 0
@@ -61,7 +65,8 @@ def probe_descriptions(checkpoint: str, catalog_root: str | Path, item_ids: list
     for start in range(0, len(item_ids), batch_size):
         chunk = item_ids[start: start + batch_size]
         items = [catalog[i] for i in chunk]
-        px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path if it.primary_image else None for it in items])
+        px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path if it.primary_image else None for it in items],
+                                         cfg.model.missing_image)
         vectors = model.image_vectors(px, sizes, present)
         texts = generate_batch(model, builder, [builder.stage1(it.title, None, it.item_id) for it in items],
                                lambda keys: vectors, max_new_tokens)

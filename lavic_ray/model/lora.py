@@ -8,6 +8,7 @@ from typing import Literal
 from torch import nn
 
 from lavic_ray.config import LoraConfig
+from lavic_ray.errors import InputMissing
 
 #: Stage 1: every attention and MLP projection of the vision tower, and both projector layers.
 VISION_TARGETS = (r".*vision_tower\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$"
@@ -32,7 +33,7 @@ def load_lora(model: nn.Module, adapter_dir: str | Path, trainable: bool = False
 
     adapter_dir = Path(adapter_dir)
     if not (adapter_dir / "adapter_config.json").is_file():
-        raise FileNotFoundError(f"no PEFT adapter in {adapter_dir} (adapter_config.json missing)")
+        raise InputMissing(f"no PEFT adapter in {adapter_dir} (adapter_config.json missing)")
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)
 
 

@@ -2,7 +2,7 @@
 
 Evaluation and the serving reranker both go through :class:`Recommender`, so a run
 scores the same way offline and online. It reads the run's ``config.yaml`` (model,
-formulation, layout, answer form), applies its LoRA adapter and reads the item
+formulation, prompts, answer form), applies its LoRA adapter and reads the item
 embedding table: nothing here runs the vision tower.
 """
 
@@ -15,7 +15,9 @@ from pathlib import Path
 import torch
 
 from lavic_ray.config import LavicConfig, load_config
-from lavic_ray.model.scoring import DEFAULT_MAX_ROWS, Request, resolve_sharing, score_batch
+from lavic_ray.errors import InputMissing, InvalidInput
+from lavic_ray.model.formulations import make_formulation
+from lavic_ray.model.scoring import DEFAULT_MAX_ROWS, Request, resolve_sharing
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +38,21 @@ class Recommender:
 
     def __init__(self, stage2_dir: str | Path, table: str | Path | None, device: str | None = None,
                  dtype: str | None = None, checkpoint: str | None = None, max_rows: int = DEFAULT_MAX_ROWS):
-        from lavic_ray.model.checkpoints import load_checkpoint
-        from lavic_ray.model.lavic import LaViC
-        from lavic_ray.model.lora import load_lora
-        from lavic_ray.model.prompts import PromptBuilder
+        from lavic_ray.model.build import build_lavic, prompt_builder
         from lavic_ray.model.table import VectorTable
 
         d = Path(stage2_dir)
         if not (d / "config.yaml").is_file() or not (d / "adapter").is_dir():
-            raise FileNotFoundError(f"{d} is not a stage-2 run (expected config.yaml and adapter/ from `lavic recommend`)")
+            raise InputMissing(f"{d} is not a stage-2 run (expected config.yaml and adapter/ from `lavic recommend`)")
         cfg: LavicConfig = load_config(d / "config.yaml")
         self.cfg = cfg
         s = cfg.stage2
         if s.use_images and table is None:
-            raise ValueError(f"{d} was trained with images: give its item embedding table")
-        ck = load_checkpoint(checkpoint or cfg.model.checkpoint, dtype or cfg.model.dtype, device if device not in (None, "cpu") else None)
-        vlm = load_lora(ck.model, d / "adapter")
-        self.model = LaViC(vlm, ck.image_token_id, cfg.model.feature_layer, cfg.model.scale_vectors).eval()
-        self.builder = PromptBuilder(ck.tokenizer, ck.image_token_id, s.max_length, s.layout, s.answer, s.use_images)
+            raise InvalidInput(f"{d} was trained with images: give its item embedding table")
+        self.formulation = make_formulation(s)
+        self.model, ck = build_lavic(cfg.model, adapter=d / "adapter", device=device, dtype=dtype, checkpoint=checkpoint)
+        self.builder = prompt_builder(ck, cfg.prompts, stage2=s)
         self.table = VectorTable.load(table) if s.use_images else None
-        self.formulation = s.formulation
         self.sharing = s.prefix_sharing
         self.max_rows = max_rows
         self.stage2_dir = d
@@ -69,14 +66,13 @@ class Recommender:
         """Candidate scores (higher is better) for a batch of ``(turns, [(item_id, title), ...])``."""
         device = next(self.model.parameters()).device
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            return score_batch(self.model, self.builder, self.formulation, requests, self.lookup, self.max_rows,
-                               self.sharing)
+            return self.formulation.score(self.model, self.builder, requests, self.lookup, self.max_rows, self.sharing)
 
     def describe(self) -> dict:
         s = self.cfg.stage2
-        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": s.formulation,
+        return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": self.formulation.name,
                 "prefix_sharing": f"{self.sharing} ({resolve_sharing(self.model, self.sharing)})" if self.sharing == "auto"
-                else self.sharing, "layout": s.layout, "answer": s.answer, "use_images": s.use_images,
+                else self.sharing, "answer": s.answer, "use_images": s.use_images,
                 "table_items": len(self.table) if self.table is not None else 0,
                 "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads(),
                 "autocast_bf16": self.autocast}

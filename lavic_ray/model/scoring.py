@@ -42,13 +42,13 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 from lavic_ray.config import PrefixSharing
-from lavic_ray.data.records import Turn
+from lavic_ray.errors import InvalidInput
 from lavic_ray.model.lavic import LaViC
-from lavic_ray.model.prompts import IGNORE, LETTERS, Encoded, PromptBuilder, collate
+from lavic_ray.model.prompts import IGNORE, LETTERS, ConvInput, Encoded, PromptBuilder, collate
 
 VectorLookup = Callable[[Sequence[str]], torch.Tensor]
 #: One scoring request: the conversation and its ``(item_id, title)`` candidates.
-Request = tuple[list[Turn], list[tuple[str, str]]]
+Request = tuple[ConvInput, list[tuple[str, str]]]
 
 DEFAULT_MAX_ROWS = 64
 
@@ -56,11 +56,6 @@ DEFAULT_MAX_ROWS = 64
 def _pad(seqs: list[list[int]], pad: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
     batch = collate([Encoded(s, [IGNORE] * len(s)) for s in seqs], pad, side)
     return batch.input_ids, batch.attention_mask
-
-
-def _pad_id(builder: PromptBuilder) -> int:
-    tok = builder.tok
-    return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
 
 def _prefix(model: LaViC, prefixes: list[list[int]], images: list[str], lookup: VectorLookup | None, pad: int):
@@ -71,7 +66,7 @@ def _prefix(model: LaViC, prefixes: list[list[int]], images: list[str], lookup: 
     vectors = lookup(images).to(device) if images else None
     pos = (mask.cumsum(-1) - 1).clamp(min=0)
     out = model(ids, mask, vectors, position_ids=pos, use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1].float(), out.past_key_values, mask, mask.sum(1)
+    return out.logits[:, -1].float(), out.cache, mask, mask.sum(1)
 
 
 def _continue(model: LaViC, past, mask: torch.Tensor, lengths: torch.Tensor, rows: list[int], conts: list[list[int]],
@@ -89,7 +84,7 @@ def _continue(model: LaViC, past, mask: torch.Tensor, lengths: torch.Tensor, row
     embeds = model.embed(ids, vectors)
     attn = torch.cat([mask[idx], cmask], dim=1)
     pos = lengths[idx][:, None] + (cmask.cumsum(-1) - 1).clamp(min=0)
-    logits = model.vlm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, past_key_values=cache, use_cache=True,
+    logits = model.vlm(inputs_embeds=embeds, attention_mask=attn, position_ids=pos, cache=cache, use_cache=True,
                        **kwargs).logits
     return logits, cmask
 
@@ -106,10 +101,9 @@ def score_listwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequenc
     if not requests:
         return []
     mode = resolve_sharing(model, sharing)
-    pad = _pad_id(builder)
+    pad = builder.pad_id
     device = next(model.parameters()).device
-    encs = [builder.listwise(turns, cands, None) for turns, cands in requests]
-    answers = [builder.answer_ids(cands) for _, cands in requests]
+    encs, answers = zip(*(builder.listwise_answers(conv, cands) for conv, cands in requests))
     if mode == "cache":
         first, past, mask, lengths = _prefix(model, [e.input_ids for e in encs], [k for e in encs for k in e.images], lookup, pad)
         first = F.log_softmax(first, dim=-1)
@@ -155,10 +149,10 @@ def _attn_impl(model: LaViC) -> str:
 def resolve_sharing(model: LaViC, sharing: str = "auto", gradient_checkpointing: bool = False) -> str:
     """The prefix-sharing mode ``auto`` stands for on this model (see the module docs)."""
     if sharing not in SHARING:
-        raise ValueError(f"unknown prefix sharing {sharing!r}; use one of {', '.join(SHARING)}")
+        raise InvalidInput(f"unknown prefix sharing {sharing!r}; use one of {', '.join(SHARING)}")
     if sharing != "auto":
         if sharing == "cache" and gradient_checkpointing:
-            raise ValueError("prefix sharing 'cache' keeps KV caches, which gradient checkpointing drops: use 'packed' or 'none'")
+            raise InvalidInput("prefix sharing 'cache' keeps KV caches, which gradient checkpointing drops: use 'packed' or 'none'")
         return sharing
     if "flash" not in _attn_impl(model):
         return "packed"
@@ -242,7 +236,7 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
     serving compute exactly the same thing.
 
     Args:
-        requests: ``(turns, [(item_id, title), ...])`` each.
+        requests: ``(conversation, [(item_id, title), ...])`` each (its raw context text, or its turns).
         max_rows: Candidates per pass (None: all at once); ``packed`` keeps a request's
             candidates in one pass, so a pass may hold more when one request has more.
         sharing: How the conversation prefix is shared by its candidates: ``packed``,
@@ -254,10 +248,10 @@ def pointwise_log_probs(model: LaViC, builder: PromptBuilder, requests: Sequence
         number of input tokens that ran (for throughput figures).
     """
     mode = resolve_sharing(model, sharing, gradient_checkpointing)
-    pad = _pad_id(builder)
+    pad = builder.pad_id
     device = next(model.parameters()).device
-    suffixes = [[builder.pointwise_suffix(i, t) for i, t in cands] for _, cands in requests]
-    prefixes = [builder.pointwise_prefix(turns, max(map(len, suf), default=0) + 2)[0] for (turns, _), suf in zip(requests, suffixes)]
+    parts = [builder.pointwise_parts(conv, cands) for conv, cands in requests]
+    prefixes, suffixes = [p.input_ids for p, _ in parts], [s for _, s in parts]
     yes_no = torch.tensor(builder.yes_no_ids(), device=device)
     todo = [(b, i) for b, (_, cands) in enumerate(requests) for i in range(len(cands))]
     step = max_rows or len(todo)
@@ -300,39 +294,35 @@ def score_pointwise_batch(model: LaViC, builder: PromptBuilder, requests: Sequen
     return out
 
 
-def score_batch(model: LaViC, builder: PromptBuilder, formulation: str, requests: Sequence[Request],
-                lookup: VectorLookup | None, max_rows: int = DEFAULT_MAX_ROWS, sharing: str = "auto") -> list[list[float]]:
-    """Scores for a batch of requests with the formulation the stage-2 run was trained with
-    (``sharing``: how the prompt is shared by the candidates, see the module docs)."""
-    if formulation == "listwise":
-        return score_listwise_batch(model, builder, requests, lookup, max_rows, sharing)
-    if formulation == "pointwise":
-        return score_pointwise_batch(model, builder, requests, lookup, max_rows, sharing)
-    raise ValueError(f"unknown formulation {formulation!r}; use 'listwise' or 'pointwise'")
-
-
-def score_listwise(model: LaViC, builder: PromptBuilder, turns: list[Turn], candidates: list[tuple[str, str]],
+def score_listwise(model: LaViC, builder: PromptBuilder, conv: ConvInput, candidates: list[tuple[str, str]],
                    lookup: VectorLookup | None) -> list[float]:
     """One request of :func:`score_listwise_batch`."""
-    return score_listwise_batch(model, builder, [(turns, candidates)], lookup)[0]
+    return score_listwise_batch(model, builder, [(conv, candidates)], lookup)[0]
 
 
-def score_pointwise(model: LaViC, builder: PromptBuilder, turns: list[Turn], candidates: list[tuple[str, str]],
+def score_pointwise(model: LaViC, builder: PromptBuilder, conv: ConvInput, candidates: list[tuple[str, str]],
                     lookup: VectorLookup | None) -> list[float]:
     """One request of :func:`score_pointwise_batch`."""
-    return score_pointwise_batch(model, builder, [(turns, candidates)], lookup)[0]
+    return score_pointwise_batch(model, builder, [(conv, candidates)], lookup)[0]
 
 
 _ID_RE = re.compile(r"\b[0-9A-Z]{10}\b")
+#: The reference scripts' parser: the first ASIN-shaped token (an ISBN-style ID never matches).
+PAPER_ID_RE = re.compile(r"\bB[A-Z0-9]{9}\b")
 
 
-def parse_answer(text: str, candidates: Sequence[str], catalog_ids: set[str] | None = None, letters: bool = False) -> list[str]:
+def parse_answer(text: str, candidates: Sequence[str], catalog_ids: set[str] | None = None, letters: bool = False,
+                 pattern: str = "catalog") -> list[str]:
     """Item IDs named in generated text, in order.
 
-    The paper's parser only matched ``B0...`` ASINs and missed ISBN-style IDs; any
-    10-character ID the catalog (or the candidate list) knows is accepted here.
+    ``pattern="paper"`` is the reference's rule: the first match of ``\bB[A-Z0-9]{9}\b``,
+    whether a candidate or not (ISBN-style IDs can never match). ``catalog`` (lavic-ray's)
+    accepts any 10-character ID the catalog (or the candidate list) knows, ISBNs included.
     With ``letters``, a leading letter A.. maps to the candidate at that position.
     """
+    if pattern == "paper" and not letters:
+        m = PAPER_ID_RE.search(text)
+        return [m.group(0)] if m else []
     if letters:
         m = re.search(r"\b([A-Z])\b", text)
         if m and LETTERS.index(m.group(1)) < len(candidates):
@@ -348,15 +338,9 @@ def generate_batch(model: LaViC, builder: PromptBuilder, encoded: list, lookup: 
     """Greedy generation for a batch of prompts, left-padded so every row ends at the last column."""
     device = next(model.parameters()).device
     tok = builder.tok
-    batch = collate(encoded, tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id, "left").to(device)
+    batch = collate(encoded, builder.pad_id, "left").to(device)
     vectors = lookup(batch.images).to(device) if batch.images else None
     embeds = model.embed(batch.input_ids, vectors)
     out = model.vlm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, max_new_tokens=max_new_tokens,
                              do_sample=False, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     return tok.batch_decode(out, skip_special_tokens=True)
-
-
-def generate_answer(model: LaViC, builder: PromptBuilder, turns: list[Turn], candidates: list[tuple[str, str]],
-                    lookup: VectorLookup | None, max_new_tokens: int = 16) -> str:
-    """Greedy free generation after the listwise prompt (for parity with the paper)."""
-    return generate_batch(model, builder, [builder.listwise(turns, candidates, None)], lookup, max_new_tokens)[0]

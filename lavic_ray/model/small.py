@@ -22,9 +22,11 @@ from pathlib import Path
 
 import torch
 
+from lavic_ray import console
 from lavic_ray.data.layout import Catalog
+from lavic_ray.errors import InvalidInput
 from lavic_ray.model.checkpoints import Checkpoint, build_small_base, save_checkpoint
-from lavic_ray.model.lavic import labelled_lm_loss
+from lavic_ray.model.lavic import full_token_features, labelled_lm_loss
 from lavic_ray.model.views import ViewCache, num_real_views, pixel_views
 
 log = logging.getLogger(__name__)
@@ -33,14 +35,6 @@ log = logging.getLogger(__name__)
 #: The full-token prompt the small model's vision side is trained with (and ``lavic describe`` uses on it).
 FULL_TOKEN_PREFIX = "Product image:"
 FULL_TOKEN_SUFFIX = "\nDescribe what the image shows.\nDescription:"
-
-
-def full_token_features(model, px: torch.Tensor, sizes: torch.Tensor) -> list[torch.Tensor]:
-    """LLaVA-Next's full image tokens (every view, packed), one ``(tokens, hidden)`` tensor per image."""
-    feats = model.model.get_image_features(pixel_values=px, image_sizes=sizes,
-                                           vision_feature_layer=model.config.vision_feature_layer,
-                                           vision_feature_select_strategy=model.config.vision_feature_select_strategy)
-    return list(feats.pooler_output if hasattr(feats, "pooler_output") else feats)
 
 
 def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: torch.Tensor, sizes: torch.Tensor):
@@ -103,29 +97,32 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     rng = torch.Generator().manual_seed(seed)
     history, t0 = [], time.monotonic()
     tower.train()
-    for epoch in range(epochs):
-        order = torch.randperm(len(data), generator=rng)
-        total, count = 0.0, 0
-        for b in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
-            idx = order[b: b + batch_size]
-            valid = torch.arange(px.shape[1])[None] < n_views[idx][:, None]
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                hidden = tower(px[idx][valid], output_hidden_states=True).hidden_states[feature_layer][:, 0].float()
-            pooled = torch.zeros(len(idx), hidden.shape[-1]).index_add_(
-                0, torch.arange(len(idx))[:, None].expand_as(valid)[valid], hidden) / n_views[idx][:, None]
-            img = torch.nn.functional.normalize(head(pooled), dim=-1)
-            logits = img @ texts[idx].T * log_temp.exp().clamp(max=100)
-            target = torch.arange(len(idx))
-            loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += float(loss.detach()) * len(idx)
-            count += len(idx)
-        history.append(total / max(count, 1))
-        if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
-            log.info("small-model vision tower (contrastive): epoch %d/%d loss %.4f (%.0f s)", epoch + 1, epochs, history[-1], time.monotonic() - t0)
+    with console.get().progress(epochs, "small model: vision tower, contrastive", "epoch") as bar:
+        for epoch in range(epochs):
+            order = torch.randperm(len(data), generator=rng)
+            total, count = 0.0, 0
+            for b in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+                idx = order[b: b + batch_size]
+                valid = torch.arange(px.shape[1])[None] < n_views[idx][:, None]
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    hidden = tower(px[idx][valid], output_hidden_states=True).hidden_states[feature_layer][:, 0].float()
+                pooled = torch.zeros(len(idx), hidden.shape[-1]).index_add_(
+                    0, torch.arange(len(idx))[:, None].expand_as(valid)[valid], hidden) / n_views[idx][:, None]
+                img = torch.nn.functional.normalize(head(pooled), dim=-1)
+                logits = img @ texts[idx].T * log_temp.exp().clamp(max=100)
+                target = torch.arange(len(idx))
+                loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                total += float(loss.detach()) * len(idx)
+                count += len(idx)
+            history.append(total / max(count, 1))
+            bar.update(1)
+            bar.set_postfix_str(f"loss {history[-1]:.3f}", refresh=False)
+            if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
+                log.info("small-model vision tower (contrastive): epoch %d/%d loss %.4f (%.0f s)", epoch + 1, epochs, history[-1], time.monotonic() - t0)
     tower.eval()
     return history
 
@@ -175,7 +172,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     if max_images:
         data = data[:max_images]
     if not data:
-        raise ValueError("the catalog has no image with a description to train the vision side on")
+        raise InvalidInput("the catalog has no image with a description to train the vision side on")
     if autocast is None:
         autocast = cpu_bf16_is_native()
     opt = torch.optim.AdamW(vision, lr=lr, weight_decay=0.0)
@@ -186,28 +183,31 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     history = []
     model.train()
     step, t0 = 0, time.monotonic()
-    for epoch in range(epochs):
-        order = list(range(len(data)))
-        rng.shuffle(order)
-        total = 0.0
-        for b in range(0, len(order), batch_size):
-            batch = [data[i] for i in order[b: b + batch_size]]
-            px, sizes, _ = views.get([p for _, _, p in batch])
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                E, M, L = _full_token_batch(ck, [(t, d) for t, d, _ in batch], px, sizes)
-                loss = labelled_lm_loss(model, E, M, L)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(vision, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            total += float(loss.detach()) * len(batch)
-            step += 1
-            if step % 10 == 0 or step == steps:
-                el = time.monotonic() - t0
-                log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss.detach()), el, el / step * (steps - step))
-        history.append(total / len(data))
-        log.info("small-model vision side: epoch %d mean loss %.4f", epoch + 1, history[-1])
+    with console.get().progress(steps, "small model: full image tokens -> description", "step") as bar:
+        for epoch in range(epochs):
+            order = list(range(len(data)))
+            rng.shuffle(order)
+            total = 0.0
+            for b in range(0, len(order), batch_size):
+                batch = [data[i] for i in order[b: b + batch_size]]
+                px, sizes, _ = views.get([p for _, _, p in batch])
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    E, M, L = _full_token_batch(ck, [(t, d) for t, d, _ in batch], px, sizes)
+                    loss = labelled_lm_loss(model, E, M, L)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(vision, 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                total += float(loss.detach()) * len(batch)
+                step += 1
+                bar.update(1)
+                bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
+                if step % 10 == 0 or step == steps:
+                    el = time.monotonic() - t0
+                    log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss.detach()), el, el / step * (steps - step))
+            history.append(total / len(data))
+            log.info("small-model vision side: epoch %d mean loss %.4f", epoch + 1, history[-1])
     if peft_model is not None:
         ck.model = model = peft_model.merge_and_unload()
         for p in model.parameters():

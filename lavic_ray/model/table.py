@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from lavic_ray.errors import InputMissing, InvalidInput
 from lavic_ray.model.lavic import NUM_VECTORS
 
 log = logging.getLogger(__name__)
@@ -55,14 +56,14 @@ class VectorTable:
     def load(cls, path: str | Path) -> "VectorTable":
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"item embedding table not found: {path}")
+            raise InputMissing(f"item embedding table not found: {path}")
         t = pq.read_table(path)
         missing = set(SCHEMA.names) - set(t.column_names)
         if missing:
-            raise ValueError(f"{path}: not an item embedding table (missing columns {sorted(missing)})")
+            raise InvalidInput(f"{path}: not an item embedding table (missing columns {sorted(missing)})")
         dims = set(t.column("dim").to_pylist())
         if len(dims) != 1:
-            raise ValueError(f"{path}: mixed vector sizes {sorted(dims)}")
+            raise InvalidInput(f"{path}: mixed vector sizes {sorted(dims)}")
         dim = dims.pop()
         flat = np.stack([np.asarray(v, dtype=np.float32) for v in t.column("vectors").to_pylist()])
         return cls(t.column("item_id").to_pylist(), torch.from_numpy(flat.reshape(-1, NUM_VECTORS, dim)))

@@ -14,7 +14,6 @@ did; at the end they are merged into ``descriptions.parquet`` (``item_id``, ``im
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 import uuid
@@ -26,29 +25,25 @@ import torch
 
 from lavic_ray.artifacts import atomic_write_text, write_config
 from lavic_ray.config import DescribeConfig, LavicConfig
+from lavic_ray.data.descriptions import DESCRIPTIONS_FILE, SCHEMA, read_descriptions
 from lavic_ray.data.images import check_image
 from lavic_ray.data.layout import Catalog
 
 log = logging.getLogger(__name__)
 
-SCHEMA = pa.schema([("item_id", pa.string()), ("image_name", pa.string()), ("description", pa.string()),
-                    ("tokens", pa.int32())])
-
 
 class Describer:
     """Callable class for ``map_batches``: loads the VLM once per actor and describes batches of images."""
 
-    def __init__(self, checkpoint: str, dtype: str = "float32", device: str = "cpu", prefix: str = "", suffix: str = "",
+    def __init__(self, checkpoint: str, dtype: str = "float32", pool: dict | None = None, prefix: str = "", suffix: str = "",
                  max_new_tokens: int = 96, threads: int | None = None):
         from lavic_ray.model.checkpoints import load_checkpoint
 
         if threads:
             torch.set_num_threads(threads)
-        if device == "cuda" and not torch.cuda.is_available():
-            device = "cpu"
-        self.ck = load_checkpoint(checkpoint, dtype, device if device != "cpu" else None)
+        self.device = DescribeConfig(**(pool or {})).resolved_device()  # here, in the actor: its node's devices
+        self.ck = load_checkpoint(checkpoint, dtype, self.device if self.device != "cpu" else None)
         self.ck.model.eval()
-        self.device = device
         self.prefix, self.suffix, self.max_new_tokens = prefix, suffix, max_new_tokens
 
     def _ids(self, text: str) -> torch.Tensor:
@@ -57,7 +52,7 @@ class Describer:
     @torch.no_grad()
     def describe(self, titles: list[str], paths: list[str]) -> tuple[list[str], list[int]]:
         """Greedy descriptions of the images at ``paths`` (readable images only), and their token counts."""
-        from lavic_ray.model.small import full_token_features
+        from lavic_ray.model.lavic import full_token_features
         from lavic_ray.model.views import pixel_views
 
         model, tok = self.ck.model, self.ck.tokenizer
@@ -89,34 +84,7 @@ class Describer:
                 "tokens": counts}
 
 
-def read_descriptions(out: str | Path) -> dict[tuple[str, str], str]:
-    """``(item_id, image_name) -> description`` from an output directory (``descriptions.parquet`` and any
-    unmerged parts) or from one Parquet file."""
-    out = Path(out)
-    if out.is_file():
-        files = [out]
-    else:
-        files = ([out / "descriptions.parquet"] if (out / "descriptions.parquet").is_file() else []) + sorted((out / "parts").glob("*.parquet"))
-    found = {}
-    for f in files:
-        for r in pq.read_table(f, columns=["item_id", "image_name", "description"]).to_pylist():
-            found[(r["item_id"], r["image_name"])] = r["description"]
-    return found
-
-
-def apply_descriptions(catalog: Catalog, path: str | Path) -> Catalog:
-    """The catalog with the descriptions of ``descriptions.parquet`` (a file or its directory) in place."""
-    found = read_descriptions(path)
-    items = []
-    for it in catalog:
-        imgs = tuple(dataclasses.replace(im, description=found[(it.item_id, im.name)]) if (it.item_id, im.name) in found else im
-                     for im in it.images)
-        items.append(dataclasses.replace(it, images=imgs))
-    return Catalog(items)
-
-
-def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, checkpoint: str | None = None,
-                 use_ray: bool = True) -> dict:
+def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, use_ray: bool = True) -> dict:
     """Describe the catalog's images into ``out/descriptions.parquet``; returns a summary."""
     out = Path(out)
     (out / "parts").mkdir(parents=True, exist_ok=True)
@@ -139,9 +107,8 @@ def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, ch
         todo = todo[: d.limit]
     write_config(out, cfg)
     log.info("describe: %d images to describe, %d skipped (already described), %d unreadable", len(todo), skipped, len(unreadable))
-    kwargs = dict(checkpoint=checkpoint or cfg.model.checkpoint, dtype=cfg.model.dtype,
-                  device="cuda" if d.gpus_per_actor > 0 else "cpu", prefix=d.prefix, suffix=d.suffix,
-                  max_new_tokens=d.max_new_tokens)
+    kwargs = dict(checkpoint=cfg.model.checkpoint, dtype=cfg.model.dtype, pool=d.model_dump(), prefix=d.prefix,
+                  suffix=d.suffix, max_new_tokens=d.max_new_tokens)
     t0, written, tokens = time.monotonic(), 0, 0
     run = uuid.uuid4().hex[:8]
 
@@ -153,8 +120,9 @@ def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, ch
     if todo and use_ray:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, include_dashboard=False)
+        from lavic_ray.runtime import ensure_ray
+
+        ensure_ray()
         ds = ray.data.from_items(todo).map_batches(
             Describer, fn_constructor_kwargs={**kwargs, "threads": max(1, int(d.cpus_per_actor))}, batch_size=d.batch_size,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=d.actors), num_cpus=d.cpus_per_actor,
@@ -177,16 +145,16 @@ def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, ch
     merged = read_descriptions(out)
     table = pa.Table.from_pylist([{"item_id": i, "image_name": n, "description": t, "tokens": None} for (i, n), t in sorted(merged.items())],
                                  schema=SCHEMA)
-    tmp = out / "descriptions.parquet.tmp"
+    tmp = out / (DESCRIPTIONS_FILE + ".tmp")
     pq.write_table(table, tmp)
-    tmp.replace(out / "descriptions.parquet")
+    tmp.replace(out / DESCRIPTIONS_FILE)
     for p in (out / "parts").glob("*.parquet"):
         p.unlink()
     summary = {"described_this_run": written, "generated_tokens": tokens, "seconds": round(seconds, 2),
                "images_per_s": round(written / seconds, 3) if written and seconds > 0 else None,
                "tokens_per_s": round(tokens / seconds, 1) if tokens and seconds > 0 else None,
                "skipped": skipped, "unreadable": unreadable, "descriptions": table.num_rows,
-               "file": str(out / "descriptions.parquet")}
+               "file": str(out / DESCRIPTIONS_FILE)}
     import json
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))

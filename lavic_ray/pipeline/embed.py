@@ -16,19 +16,34 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from lavic_ray import console
 from lavic_ray.artifacts import write_config
 from lavic_ray.config import LavicConfig
 from lavic_ray.data.layout import Catalog
+from lavic_ray.errors import InputMissing
 
 log = logging.getLogger(__name__)
 
 
-def item_rows(catalog: Catalog) -> list[dict]:
-    """One row per item: its primary image (or none)."""
+def item_image_name(item, image: str = "primary") -> str | None:
+    """The image an item's vectors come from (``embed.image``): its primary image's name, or ``{item_id}_0.jpg``."""
+    if image == "first_file":
+        return f"{item.item_id}_0.jpg"
+    return item.primary_image.name if item.primary_image is not None else None
+
+
+def item_rows(catalog: Catalog, image: str = "primary", image_dirs: list[Path] | None = None) -> list[dict]:
+    """One row per item: the path of its image (``embed.image``; empty: none)."""
+    from lavic_ray.data.layout import image_path
+
     rows = []
     for it in catalog:
-        im = it.primary_image
-        rows.append({"item_id": it.item_id, "image": str(im.path) if im is not None and im.path is not None else ""})
+        if image == "first_file":
+            path = str(image_path(item_image_name(it, image), image_dirs)) if image_dirs else ""
+        else:
+            im = it.primary_image
+            path = str(im.path) if im is not None and im.path is not None else ""
+        rows.append({"item_id": it.item_id, "image": path})
     return rows
 
 
@@ -36,33 +51,31 @@ class EmbedItems:
     """Callable class for ``map_batches``: loads the model once per actor.
 
     Args:
-        checkpoint: LLaVA-Next checkpoint (name or path).
+        model: The ``model`` section (a :class:`lavic_ray.config.ModelConfig` or its dict).
         adapter: Stage-1 vision adapter directory, or None for the undistilled vision side.
-        dtype: Model dtype.
-        feature_layer, scale_vectors: As in :class:`lavic_ray.model.lavic.LaViC`.
-        device: ``cpu`` or ``cuda``.
+        pool: The ``embed`` section (device policy; its dict in a Ray actor).
+        threads: torch threads of this actor (its CPUs).
     """
 
-    def __init__(self, checkpoint: str, adapter: str | None = None, dtype: str = "float32", feature_layer: int = -2,
-                 scale_vectors: bool = True, device: str = "cpu", threads: int | None = None):
-        from lavic_ray.model.checkpoints import load_checkpoint
-        from lavic_ray.model.lavic import LaViC
-        from lavic_ray.model.lora import load_lora
+    def __init__(self, model, adapter: str | None = None, pool=None, threads: int | None = None):
+        from lavic_ray.config import EmbedConfig, ModelConfig
+        from lavic_ray.model.build import build_lavic
 
         if threads:
             torch.set_num_threads(threads)
-        ck = load_checkpoint(checkpoint, dtype, device if device != "cpu" else None)
-        vlm = load_lora(ck.model, adapter) if adapter else ck.model
-        self.model = LaViC(vlm, ck.image_token_id, feature_layer, scale_vectors).eval()
+        model_cfg = model if isinstance(model, ModelConfig) else ModelConfig(**model)
+        pool = pool if isinstance(pool, EmbedConfig) else EmbedConfig(**(pool or {}))
+        self.device = pool.resolved_device()
+        self.model, ck = build_lavic(model_cfg, adapter=adapter, device=self.device)
         self.image_processor = ck.image_processor
-        self.device = device
+        self.missing = model_cfg.missing_image
 
     @torch.no_grad()
     def embed(self, item_ids: list[str], images: list[str]) -> pa.Table:
         from lavic_ray.model.table import table_rows
         from lavic_ray.model.views import pixel_views
 
-        px, sizes, present = pixel_views(self.image_processor, [p or None for p in images])
+        px, sizes, present = pixel_views(self.image_processor, [p or None for p in images], self.missing)
         vectors = self.model.image_vectors(px.to(self.device), sizes.to(self.device), present.to(self.device))
         n_views = (self.model.num_real_views(sizes) * present).tolist()
         return table_rows(item_ids, vectors, n_views, present.tolist())
@@ -85,6 +98,17 @@ class EmbedItems:
                 px[i, : arr.shape[0]] = arr[:NUM_VECTORS]
         present = torch.tensor(good)
         n = torch.tensor([int(k) if g else 1 for k, g in zip(n_views, good)])
+        if self.missing == "white_image" and not all(good):  # the reference's fallback: a white image, tiled like any
+            from lavic_ray.model.views import num_real_views, pixel_views
+
+            wpx, wsize, _ = pixel_views(self.image_processor, [None], "white_image")
+            wn = int(num_real_views(self.model.base.config, wsize)[0])
+            for i, g in enumerate(good):
+                if not g:
+                    px[i] = 0
+                    px[i, : min(wn, NUM_VECTORS)] = wpx[0, : min(wn, NUM_VECTORS)]
+                    n[i] = wn
+            present = torch.ones_like(present)
         vectors = self.model.image_vectors(px.to(self.device), None, present.to(self.device), n.to(self.device))
         return table_rows(item_ids, vectors, [int(k) if g else 0 for k, g in zip(n_views, good)], good)
 
@@ -95,16 +119,16 @@ class EmbedItems:
         return self.embed(list(batch["item_id"]), [str(x) for x in batch["image"]])
 
 
-def view_rows(catalog: Catalog, views_dir: str | Path) -> list[dict]:
-    """One row per item from ``lavic preprocess`` shards: its primary image's views (None: no usable image)."""
-    primary = {it.item_id: it.primary_image.name if it.primary_image else None for it in catalog}
+def view_rows(catalog: Catalog, views_dir: str | Path, image: str = "primary") -> list[dict]:
+    """One row per item from ``lavic preprocess`` shards: its image's views (``embed.image``; None: no usable image)."""
+    primary = {it.item_id: item_image_name(it, image) for it in catalog}
     from lavic_ray.pipeline.preprocess import shard_rows
 
     found = {r["item_id"]: r for r in shard_rows(views_dir, ["item_id", "image_name", "ok", "n_views", "views", "views_shape"])
              if primary.get(r["item_id"]) == r["image_name"]}
     missing_views = [i for i, name in primary.items() if name is not None and i not in found]
-    if missing_views:
-        raise ValueError(f"{len(missing_views)} items have no row in {views_dir} (e.g. {missing_views[:3]}): "
+    if missing_views and image == "primary":  # first_file names files the metadata may not list: those fall back
+        raise InputMissing(f"{len(missing_views)} items have no row in {views_dir} (e.g. {missing_views[:3]}): "
                          "run lavic preprocess on this catalog first")
     rows = []
     for item_id in primary:
@@ -115,48 +139,56 @@ def view_rows(catalog: Catalog, views_dir: str | Path) -> list[dict]:
     return rows
 
 
-def run_embed(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, adapter: str | Path | None = None,
-              use_ray: bool = True, batch_size: int = 16, actors: int = 1, cpus_per_actor: float = 1.0,
-              views: str | Path | None = None) -> Path:
-    """Write the item embedding table to ``out`` (a Parquet file).
+def run_embed(cfg: LavicConfig, out: str | Path, adapter: str | Path | None = None, use_ray: bool = True) -> Path:
+    """Write the item embedding table of ``cfg.dataset`` to ``out`` (a Parquet file).
 
     Args:
-        cfg: The configuration (model section).
-        catalog_root: Dataset root (item metadata + images).
+        cfg: The configuration: ``dataset`` (root; ``views`` to embed from ``lavic preprocess``'s
+            tiled views instead of decoding the images again), ``model``, and ``embed`` (batch
+            size, actors, CPUs/GPUs per actor, device).
         out: The ``.parquet`` file to write (its directory gets ``config.yaml``).
         adapter: Stage-1 adapter; None embeds with the undistilled vision side.
         use_ray: Ray Data actor pool (True) or this process (False).
-        views: A ``lavic preprocess`` output directory (default ``dataset.views``): embed from its
-            tiled views instead of decoding the images again.
     """
+    from lavic_ray.data.dataset import Dataset
+    from lavic_ray.data.layout import image_dirs
+    from lavic_ray.model.table import SCHEMA
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    catalog = Catalog.load(catalog_root, cfg.dataset.images_dir)
-    views = views or cfg.dataset.views
-    rows = view_rows(catalog, views) if views else item_rows(catalog)
-    kwargs = dict(checkpoint=cfg.model.checkpoint, adapter=str(adapter) if adapter else None, dtype=cfg.model.dtype,
-                  feature_layer=cfg.model.feature_layer, scale_vectors=cfg.model.scale_vectors)
+    e = cfg.embed
+    dataset = Dataset.from_config(cfg.dataset)
+    catalog = dataset.catalog()
+    rows = (view_rows(catalog, cfg.dataset.views, e.image) if cfg.dataset.views
+            else item_rows(catalog, e.image, image_dirs(dataset.root, dataset.images_dir)))
+    kwargs = dict(model=cfg.model.model_dump(), adapter=str(adapter) if adapter else None, pool=e.model_dump())
     t0 = time.monotonic()
     if use_ray:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, include_dashboard=False)
-        ds = ray.data.from_items(rows).map_batches(
-            EmbedItems, fn_constructor_kwargs={**kwargs, "threads": max(1, int(cpus_per_actor))}, batch_size=batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus_per_actor,
-        )
-        table = pa.concat_tables([pa.Table.from_pandas(df, preserve_index=False) for df in ds.iter_batches(batch_format="pandas", batch_size=None)])
-        from lavic_ray.model.table import SCHEMA
+        from lavic_ray.runtime import ensure_ray
 
-        table = table.select(SCHEMA.names).cast(SCHEMA)
+        ensure_ray()
+        ds = ray.data.from_items(rows).map_batches(
+            EmbedItems, fn_constructor_kwargs={**kwargs, "threads": max(1, int(e.cpus_per_actor))}, batch_size=e.batch_size,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.actors), num_cpus=e.cpus_per_actor,
+            num_gpus=e.gpus_per_actor or None,
+        )
+        parts = []
+        with console.get().progress(len(rows), f"embed {out.stem}", "item") as bar:
+            for df in ds.iter_batches(batch_format="pandas", batch_size=None):
+                parts.append(pa.Table.from_pandas(df, preserve_index=False))
+                bar.update(len(df))
+        table = pa.concat_tables(parts).select(SCHEMA.names).cast(SCHEMA)
     else:
         embedder = EmbedItems(**kwargs)
         parts = []
-        for i in range(0, len(rows), batch_size):
-            chunk = rows[i: i + batch_size]
-            parts.append(embedder({k: [r[k] for r in chunk] for k in chunk[0]}))
-            log.info("embedded %d/%d items", min(i + batch_size, len(rows)), len(rows))
+        with console.get().progress(len(rows), f"embed {out.stem}", "item") as bar:
+            for i in range(0, len(rows), e.batch_size):
+                chunk = rows[i: i + e.batch_size]
+                parts.append(embedder({k: [r[k] for r in chunk] for k in chunk[0]}))
+                bar.update(len(chunk))
+                log.info("embedded %d/%d items", min(i + e.batch_size, len(rows)), len(rows))
         table = pa.concat_tables(parts)
     tmp = out.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)

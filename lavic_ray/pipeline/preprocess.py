@@ -37,6 +37,7 @@ from lavic_ray.artifacts import atomic_write_text, write_config
 from lavic_ray.config import LavicConfig, PreprocessConfig
 from lavic_ray.data.images import check_image, load_rgb
 from lavic_ray.data.layout import Catalog
+from lavic_ray.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +181,11 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
     processor, model_config = processor_and_config(checkpoint)
     rows = image_rows(Catalog.load(catalog_root, cfg.dataset.images_dir))
     if not rows:
-        raise ValueError(f"no images named in the item metadata under {catalog_root}")
+        raise InvalidInput(f"no images named in the item metadata under {catalog_root}")
     plan = _plan(rows, pcfg, processor.to_dict())
     plan_file = out / "plan.json"
     if plan_file.is_file() and json.loads(plan_file.read_text()) != json.loads(json.dumps(plan)):
-        raise ValueError(f"{out} holds shards made with a different plan (image list, shard size or image processor); "
+        raise InvalidInput(f"{out} holds shards made with a different plan (image list, shard size or image processor); "
                          "preprocess into a new directory or delete it")
     atomic_write_text(plan_file, json.dumps(plan, indent=1))
     write_config(out, cfg)
@@ -197,11 +198,13 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
     if todo and use_ray:
         import ray
 
-        if not ray.is_initialized():
-            ray.init(ignore_reinit_error=True, include_dashboard=False)
+        from lavic_ray.runtime import ensure_ray
+
+        ensure_ray()
         items = [{"shard": k, "rows": json.dumps(shards[k])} for k in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            ShardWriter, fn_constructor_kwargs=kwargs, concurrency=min(pcfg.workers, len(items)), num_cpus=pcfg.cpus_per_worker)
+            ShardWriter, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=min(pcfg.workers, len(items))),
+            num_cpus=pcfg.cpus_per_worker)
         done = ds.take_all()
     else:
         writer = ShardWriter(**kwargs)
@@ -240,9 +243,3 @@ def _report(out: Path, plan: dict, done: list[dict], seconds: float) -> dict:
     log.info("preprocess: %d images, %d ok, %d bad (%s) -> %s", manifest["images"], manifest["ok"], manifest["bad"],
              reasons or "none", out)
     return manifest
-
-
-def load_views(out: str | Path) -> dict[tuple[str, str], np.ndarray]:
-    """The stored views of every good image: ``(item_id, image_name) -> (n_views, 3, H, W)`` float16."""
-    return {(r["item_id"], r["image_name"]): np.frombuffer(r["views"], dtype=np.float16).reshape(r["views_shape"])
-            for r in shard_rows(out, ["item_id", "image_name", "ok", "views", "views_shape"]) if r["ok"] and r["views"] is not None}

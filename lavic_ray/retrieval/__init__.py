@@ -1,5 +1,8 @@
 """Text retrievers over the item catalog (library code used by evaluation, synthesis and serving)."""
 
+from __future__ import annotations
+
+from lavic_ray.errors import InvalidInput
 from lavic_ray.retrieval.base import Retriever, conversation_query, item_text
 from lavic_ray.retrieval.bm25 import BM25Retriever
 from lavic_ray.retrieval.sbert import DEFAULT_SBERT, SBERTRetriever
@@ -7,13 +10,17 @@ from lavic_ray.retrieval.sbert import DEFAULT_SBERT, SBERTRetriever
 RETRIEVERS: dict[str, type[Retriever]] = {"sbert": SBERTRetriever, "bm25": BM25Retriever}
 
 
-def make_retriever(kind: str, **kwargs) -> Retriever:
-    """Build an empty retriever of ``kind`` (``sbert`` or ``bm25``)."""
-    try:
-        cls = RETRIEVERS[kind]
-    except KeyError:
-        raise ValueError(f"unknown retriever {kind!r}; choose one of {sorted(RETRIEVERS)}") from None
-    return cls(**kwargs)
+def make_retriever(kind: str, cfg=None) -> Retriever:
+    """An empty retriever of ``kind`` (``sbert`` or ``bm25``), set up from a
+    :class:`lavic_ray.config.RetrievalConfig` (its defaults when None)."""
+    from lavic_ray.config import RetrievalConfig
+
+    rc = cfg or RetrievalConfig()
+    if kind == "sbert":
+        return SBERTRetriever(model=rc.sbert_model, device=rc.device, batch_size=rc.batch_size)
+    if kind == "bm25":
+        return BM25Retriever(k1=rc.bm25_k1, b=rc.bm25_b, stem=rc.bm25_stem)
+    raise InvalidInput(f"unknown retriever {kind!r}; choose one of {sorted(RETRIEVERS)}")
 
 
 __all__ = [

@@ -10,7 +10,6 @@ import numpy as np
 
 from lavic_ray.retrieval.base import Retriever
 
-
 _WORD = re.compile(r"(?u)\b\w\w+\b")
 
 

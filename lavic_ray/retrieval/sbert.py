@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lavic_ray.errors import InvalidInput
 from lavic_ray.retrieval.base import Retriever
 
 log = logging.getLogger(__name__)
@@ -102,5 +103,5 @@ class SBERTRetriever(Retriever):
         r = cls(model=meta["model"])
         r.embeddings = np.load(d / "embeddings.npy")
         if r.embeddings.shape[0] != len(meta["item_ids"]):
-            raise ValueError(f"{d}: {r.embeddings.shape[0]} embeddings for {len(meta['item_ids'])} item IDs")
+            raise InvalidInput(f"{d}: {r.embeddings.shape[0]} embeddings for {len(meta['item_ids'])} item IDs")
         return r

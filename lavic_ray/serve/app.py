@@ -31,10 +31,16 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from lavic_ray.data.records import Turn
+from lavic_ray.errors import InvalidInput
 from lavic_ray.retrieval.base import conversation_query
 from lavic_ray.serve.reranker import Reranker
 from lavic_ray.serve.retriever import Retriever
-from lavic_ray.serve.schema import RankedItem, RecommendRequest, RecommendResponse, ServeArgs
+from lavic_ray.serve.schema import (
+    RankedItem,
+    RecommendRequest,
+    RecommendResponse,
+    ServeArgs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +176,9 @@ def make_ingress():
                 timings["retrieve"] = (time.perf_counter() - t0) * 1e3
             t1 = time.perf_counter()
             pairs = [(c, self.titles[c]) for c in cands]
-            scores = await _call(self.reranker.rerank, turns, pairs, what="reranker")
+            # the raw context text when the client sent one (a template may quote it as is), else the turns
+            conv = body.context if body.context is not None else turns
+            scores = await _call(self.reranker.rerank, conv, pairs, what="reranker")
             timings["rerank"] = (time.perf_counter() - t1) * 1e3
             order = sorted(range(len(cands)), key=lambda i: -scores[i])[: body.k]
             items = [RankedItem(rank=r + 1, item_id=cands[i], title=self.titles[cands[i]], score=float(scores[i]))
@@ -217,7 +225,7 @@ def compose_app(args: ServeArgs | dict, options: dict[str, dict] | None = None,
     options = options or {}
     unknown = set(options) - set(DEPLOYMENT_NAMES)
     if unknown:
-        raise ValueError(f"unknown deployment(s) {sorted(unknown)}; the application has {list(DEPLOYMENT_NAMES)}")
+        raise InvalidInput(f"unknown deployment(s) {sorted(unknown)}; the application has {list(DEPLOYMENT_NAMES)}")
     classes = {"LavicIngress": make_ingress(), "Retriever": Retriever, "Reranker": reranker.options(name="Reranker") if reranker else Reranker}
     dep = {name: d.options(**options[name]) if name in options else d for name, d in classes.items()}
     retriever = dep["Retriever"].bind(args.catalog, args.index, args.retriever, args.sbert_model, args.retrieve_batch_size)
@@ -248,7 +256,7 @@ def read_serve_config(path: str | Path, overrides: dict | None = None, base: str
     raw = yaml.safe_load(path.read_text())
     apps = [a for a in raw.get("applications", []) if str(a.get("import_path", "")).startswith("lavic_ray.serve.app:")]
     if not apps:
-        raise ValueError(f"{path}: no application with import_path lavic_ray.serve.app:build_app")
+        raise InvalidInput(f"{path}: no application with import_path lavic_ray.serve.app:build_app")
     app = apps[0]
     args = ServeArgs(**{**app.get("args", {}), **(overrides or {})}).resolved(base)
     opts = {}

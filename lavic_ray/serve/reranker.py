@@ -40,12 +40,13 @@ class Reranker:
         log.info("reranker ready: %s", self.core.describe())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _rerank_batch(self, requests: list[tuple[list[Turn], list[tuple[str, str]]]]) -> list[list[float]]:
+    async def _rerank_batch(self, requests: list[tuple[str | list[Turn], list[tuple[str, str]]]]) -> list[list[float]]:
         self.batches += 1
         return await asyncio.get_running_loop().run_in_executor(None, self.core.score, requests)
 
-    async def rerank(self, turns: list[Turn], candidates: list[tuple[str, str]]) -> list[float]:
-        return await self._rerank_batch((turns, candidates))
+    async def rerank(self, conv: str | list[Turn], candidates: list[tuple[str, str]]) -> list[float]:
+        """Scores of the candidates for a conversation (its raw context text, or its turns)."""
+        return await self._rerank_batch((conv, candidates))
 
     def info(self) -> dict:
         return {**self.core.describe(), "pid": os.getpid(), "batches": self.batches}

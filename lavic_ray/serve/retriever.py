@@ -19,14 +19,15 @@ class RetrieverCore:
     """The retrieval work of a replica, without Ray (used by the deployment and by tests)."""
 
     def __init__(self, catalog: str, index: str | None = None, kind: str = "sbert", sbert_model: str | None = None):
+        from lavic_ray.config import RetrievalConfig
         from lavic_ray.data.layout import Catalog
         from lavic_ray.retrieval import DEFAULT_SBERT, Retriever, make_retriever
 
         if index:
             self.index = Retriever.load(index)
         else:
-            kwargs = {"model": sbert_model or DEFAULT_SBERT} if kind == "sbert" else {}
-            self.index = make_retriever(kind, **kwargs).index_items(list(Catalog.load(catalog)))
+            rc = RetrievalConfig(sbert_model=sbert_model or DEFAULT_SBERT)
+            self.index = make_retriever(kind, rc).index_items(list(Catalog.load(catalog)))
         log.info("retriever ready: %s over %d items", self.index.kind, len(self.index.item_ids))
 
     def search(self, queries: list[str], ks: list[int], excludes: list[list[str]]) -> list[list[tuple[str, float]]]:

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lavic_ray.data.records import Turn, parse_turns
+from lavic_ray.errors import InputMissing
 from lavic_ray.retrieval.sbert import DEFAULT_SBERT
 
 #: Roles a client may use for a turn, and the conversation role they map to.
@@ -125,4 +126,4 @@ class ServeArgs(BaseModel):
             need.append(("index", self.index, "lavic index"))
         for name, path, how in need:
             if not Path(path).exists():
-                raise FileNotFoundError(f"serve args: {name} {path} does not exist (made by {how})")
+                raise InputMissing(f"serve args: {name} {path} does not exist (made by {how})")

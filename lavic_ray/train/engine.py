@@ -16,12 +16,14 @@ import functools
 import logging
 import os
 import socket
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from lavic_ray.config import EngineConfig
+from lavic_ray.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_s
         "gradient_clipping": cfg.grad_clip,
         "zero_optimization": zero,
         "bf16": {"enabled": cfg.precision == "bf16"},
+        "fp16": {"enabled": cfg.precision == "fp16"},
         "optimizer": {
             "type": "AdamW",
             # torch's Adam avoids a JIT C++ build on CPU; with offload, DeepSpeedCPUAdam is used instead
@@ -91,110 +94,149 @@ def warmup_scheduler(warmup_steps: int):
     return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(warmup_factor, warmup_steps=warmup_steps))
 
 
-class Engine:
-    """Uniform surface over DeepSpeed and torch: forward, backward, step, save, load."""
+class Engine(ABC):
+    """Uniform surface over DeepSpeed and torch: forward, backward, step, save, load.
 
-    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0):
+    ``bf16-mixed`` runs the forward under bf16 autocast with fp32 weights (either engine; the
+    backward follows the forward's dtypes); ``bf16`` with the torch engine does the same, while
+    DeepSpeed keeps its own bf16 mode.
+    """
+
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig):
         self.cfg = cfg
         self.module = module
-        self.kind = cfg.kind
         self.micro_steps = 0
-        params = [p for p in module.parameters() if p.requires_grad]
-        if not params:
+        self.params = [p for p in module.parameters() if p.requires_grad]
+        if not self.params:
             raise ValueError("no trainable parameters (did LoRA attach to any module?)")
-        if cfg.kind == "deepspeed":
-            try:
-                import deepspeed
-            except ImportError as e:
-                raise ImportError("engine.kind=deepspeed needs DeepSpeed; install it or set stage*.engine.kind=torch") from e
-            os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
-            ensure_process_group()
-            self.ds_config = deepspeed_config(cfg, lr, weight_decay, warmup_steps)
-            self.wrapped, self.optimizer, _, self.scheduler = deepspeed.initialize(
-                model=module, model_parameters=params, config=self.ds_config, dist_init_required=False,
-                lr_scheduler=warmup_scheduler(warmup_steps) if warmup_steps else None,
-            )
-        else:
-            if cfg.zero_stage or cfg.offload_optimizer:
-                log.info("engine.kind=torch ignores zero_stage/offload_optimizer")
-            self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-            self.scheduler = warmup_scheduler(warmup_steps)(self.optimizer) if warmup_steps else None
-            self.params = params
-            rank, size = world()
-            if size > 1:
-                self.wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True)
-            else:
-                self.wrapped = module
-        # bf16-mixed: autocast around the forward (either engine; backward follows the forward's dtypes);
-        # bf16 with the torch engine: the same (DeepSpeed handles its own bf16 mode)
-        self.autocast = cfg.precision == "bf16-mixed" or (cfg.precision == "bf16" and cfg.kind == "torch")
+        self.autocast = cfg.precision == "bf16-mixed"
+        self.autocast_dtype = torch.bfloat16
 
     @property
     def device(self) -> torch.device:
         return next(self.module.parameters()).device
 
     def precision(self):
-        """The context the forward runs in: bf16 autocast for ``bf16-mixed``, else nothing."""
+        """The context the forward runs in: bf16 autocast where the precision asks for it, else nothing."""
         if self.autocast:
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=self.autocast_dtype)
         return contextlib.nullcontext()
 
     def __call__(self, *args, **kwargs):
         with self.precision():
             return self.wrapped(*args, **kwargs)
 
-    def backward(self, loss: torch.Tensor) -> None:
-        if self.kind == "deepspeed":
-            self.wrapped.backward(loss)
-        else:
-            (loss / self.cfg.grad_accumulation).backward()
+    def lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
 
+    @abstractmethod
+    def backward(self, loss: torch.Tensor) -> None:
+        """Back-propagate a micro-batch's loss (accumulating over micro-batches)."""
+
+    @abstractmethod
     def step(self) -> bool:
         """Advance one micro-step; True when an optimizer step happened."""
+
+    @abstractmethod
+    def save(self, directory: Path, client_state: dict) -> None:
+        """Save the training state (every rank calls this)."""
+
+    @abstractmethod
+    def load(self, directory: Path) -> dict:
+        """Restore the training state saved by :meth:`save`; returns its client state."""
+
+
+class DeepSpeedEngine(Engine):
+    """DeepSpeed: ZeRO, bf16, optimizer offload; the CPU accelerator with gloo here, NCCL on GPUs."""
+
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0):
+        super().__init__(module, cfg)
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            import deepspeed
+        except ImportError as e:
+            raise InvalidInput("engine.kind=deepspeed needs DeepSpeed: pip install 'lavic-ray[deepspeed]', "
+                               "or set stage*.engine.kind=torch") from e
+        ensure_process_group()
+        self.ds_config = deepspeed_config(cfg, lr, weight_decay, warmup_steps)
+        self.wrapped, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, model_parameters=self.params, config=self.ds_config, dist_init_required=False,
+            lr_scheduler=warmup_scheduler(warmup_steps) if warmup_steps else None,
+        )
+
+    def backward(self, loss):
+        self.wrapped.backward(loss)
+
+    def step(self):
         self.micro_steps += 1
-        if self.kind == "deepspeed":
-            boundary = self.wrapped.is_gradient_accumulation_boundary()
-            self.wrapped.step()
-            return boundary
+        boundary = self.wrapped.is_gradient_accumulation_boundary()
+        self.wrapped.step()
+        return boundary
+
+    def save(self, directory, client_state):
+        # frozen base weights are the checkpoint's own, not training state: at 7B they would be 14 GB a save
+        self.wrapped.save_checkpoint(str(Path(directory) / "engine"), tag="state", client_state=client_state,
+                                     exclude_frozen_parameters=True)
+
+    def load(self, directory):
+        path, client_state = self.wrapped.load_checkpoint(str(Path(directory) / "engine"), tag="state", load_module_strict=False)
+        if path is None:
+            raise FileNotFoundError(f"no DeepSpeed state in {Path(directory) / 'engine'}")
+        return client_state or {}
+
+
+class TorchEngine(Engine):
+    """Plain torch (AdamW, DDP when distributed): for machines without DeepSpeed, such as a lone GPU box."""
+
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0):
+        super().__init__(module, cfg)
+        if cfg.zero_stage or cfg.offload_optimizer:
+            log.info("engine.kind=torch ignores zero_stage/offload_optimizer")
+        self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
+        self.scheduler = warmup_scheduler(warmup_steps)(self.optimizer) if warmup_steps else None
+        _, size = world()
+        self.wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True) if size > 1 else module
+        self.autocast = cfg.precision in ("bf16-mixed", "bf16", "fp16")
+        self.autocast_dtype = torch.float16 if cfg.precision == "fp16" else torch.bfloat16
+        # fp16 gradients underflow without loss scaling
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+
+    def backward(self, loss):
+        loss = loss / self.cfg.grad_accumulation
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self):
+        self.micro_steps += 1
         if self.micro_steps % self.cfg.grad_accumulation:
             return False
+        if self.scaler is not None:
+            self.scaler.unscale_(self.optimizer)
         if self.cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         if self.scheduler is not None:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return True
 
-    def lr(self) -> float:
-        return float(self.optimizer.param_groups[0]["lr"])
-
-    # ------------------------------------------------------------------ state
-    def save(self, directory: Path, client_state: dict) -> None:
-        """Every rank calls this (DeepSpeed gathers its partitioned state)."""
-        directory = Path(directory)
-        if self.kind == "deepspeed":
-            # frozen base weights are the checkpoint's own, not training state: at 7B they would be 14 GB a save
-            self.wrapped.save_checkpoint(str(directory / "engine"), tag="state", client_state=client_state,
-                                         exclude_frozen_parameters=True)
-            return
+    def save(self, directory, client_state):
         rank, _ = world()
-        if rank == 0:
-            (directory / "engine").mkdir(parents=True, exist_ok=True)
-            trainable = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
-            torch.save({"params": trainable, "optimizer": self.optimizer.state_dict(),
-                        "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                        "micro_steps": self.micro_steps, "client_state": client_state},
-                       directory / "engine" / "state.pt")
-
-    def load(self, directory: Path) -> dict:
+        if rank != 0:
+            return
         directory = Path(directory)
-        if self.kind == "deepspeed":
-            path, client_state = self.wrapped.load_checkpoint(str(directory / "engine"), tag="state", load_module_strict=False)
-            if path is None:
-                raise FileNotFoundError(f"no DeepSpeed state in {directory / 'engine'}")
-            return client_state or {}
-        state = torch.load(directory / "engine" / "state.pt", map_location="cpu", weights_only=False)
+        (directory / "engine").mkdir(parents=True, exist_ok=True)
+        trainable = {n: p.detach().cpu() for n, p in self.module.named_parameters() if p.requires_grad}
+        torch.save({"params": trainable, "optimizer": self.optimizer.state_dict(),
+                    "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                    "micro_steps": self.micro_steps, "client_state": client_state},
+                   directory / "engine" / "state.pt")
+
+    def load(self, directory):
+        state = torch.load(Path(directory) / "engine" / "state.pt", map_location="cpu", weights_only=False)
         named = dict(self.module.named_parameters())
         with torch.no_grad():
             for n, t in state["params"].items():
@@ -204,3 +246,11 @@ class Engine:
             self.scheduler.load_state_dict(state["scheduler"])
         self.micro_steps = state["micro_steps"]
         return state["client_state"]
+
+
+ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine, "torch": TorchEngine}
+
+
+def make_engine(module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0) -> Engine:
+    """The engine ``cfg.kind`` names, over ``module``'s trainable parameters."""
+    return ENGINES[cfg.kind](module, cfg, lr, weight_decay, warmup_steps)

@@ -12,19 +12,22 @@ import logging
 import math
 import random
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from lavic_ray.artifacts import atomic_write_text
 from lavic_ray.config import StageConfig
-from lavic_ray.train.engine import Engine, world
+from lavic_ray.errors import InvalidInput
+from lavic_ray.train.engine import Engine, make_engine, world
 from lavic_ray.train.reporting import Reporter, Tracker
 
 log = logging.getLogger(__name__)
 
 
-class Task:
+class Task(ABC):
     """What a stage must provide to :func:`train`."""
 
     name = ""
@@ -32,22 +35,30 @@ class Task:
     best_metric = ""
     higher_is_better = False
 
-    def module(self) -> torch.nn.Module: ...
+    @abstractmethod
+    def module(self) -> torch.nn.Module:
+        """The module being trained (a LaViC with a trainable LoRA)."""
 
-    def train_examples(self) -> list: ...
+    @abstractmethod
+    def train_examples(self) -> list:
+        """The training examples; micro-batches are lists of them."""
 
+    @abstractmethod
     def loss(self, engine: Engine, batch: list) -> tuple[torch.Tensor, int]:
         """Loss of a micro-batch and the number of (non-padding) input tokens it processed."""
-        ...
 
-    def validate(self, module: torch.nn.Module) -> dict: ...
+    @abstractmethod
+    def validate(self, module: torch.nn.Module) -> dict:
+        """Validation metrics (``best_metric`` among them), computed without gradients."""
+
+    @abstractmethod
+    def save_adapter(self, module: torch.nn.Module, directory: Path) -> None:
+        """Write the trained adapter of ``module`` (possibly wrapped by the engine) to ``directory``."""
 
     def example_lengths(self) -> list[int] | None:
         """A cheap length estimate per training example (characters will do), for length-grouped
         micro-batches; None when lengths do not vary enough to matter."""
         return None
-
-    def save_adapter(self, module: torch.nn.Module, directory: Path) -> None: ...
 
 
 @dataclass
@@ -59,6 +70,10 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     #: the step of each resumption from a checkpoint (a restarted worker, a rerun)
     resumed_at: list[int] = field(default_factory=list)
+    #: validations in a row without an improvement of ``min_delta`` (early stopping)
+    since_improved: int = 0
+    #: why the run ended before its step cap (``patience``, ``time``), if it did
+    stopped: str | None = None
 
 
 #: shuffled micro-batches per window that length grouping sorts (HF's LengthGroupedSampler uses 50)
@@ -80,7 +95,7 @@ def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int,
     mb = cfg.engine.micro_batch_size
     per_rank = (n // size) // mb * mb
     if per_rank == 0:
-        raise ValueError(f"{n} training examples cannot fill one micro-batch of {mb} on each of {size} workers")
+        raise InvalidInput(f"{n} training examples cannot fill one micro-batch of {mb} on each of {size} workers")
     mine = order[rank * per_rank: (rank + 1) * per_rank]
     if not (cfg.group_by_length and lengths is not None and mb > 1):
         return [mine[i: i + mb] for i in range(0, len(mine), mb)]
@@ -109,7 +124,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    engine = Engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
     state = TrainState()
     with reporter.restored() as ckpt:
         if ckpt is not None:
@@ -139,6 +154,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if not stepped:
                 continue
             state.step += 1
+            if rank == 0:
+                _write_progress(out_dir, state, total_steps, window_loss / max(window_n, 1), time.monotonic() - t0, start_step)
             metrics = None
             if state.step % cfg.log_every == 0 or state.step == total_steps:
                 dt = time.monotonic() - t0
@@ -148,12 +165,20 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                 window_loss, window_n = 0.0, 0
                 log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", task.name, state.step, total_steps,
                          metrics["train_loss"], metrics["lr"], metrics["samples_per_s"], metrics["tokens_per_s"])
+            stop = None
             if state.step % eval_every == 0 or state.step == total_steps:
-                metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}), **_validate(task, module, state, out_dir, rank, engine)}
+                metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}),
+                           **_validate(task, module, state, out_dir, rank, engine, cfg)}
+                stop = _agree(_should_stop(cfg, state, (time.monotonic() - t0) / 60), engine.device)
+                if stop and state.step < total_steps:
+                    state.stopped = stop
+                    metrics["stopped"] = 1
+                    log.info("%s: stopping at step %d of %d (%s)", task.name, state.step, total_steps,
+                             f"no improvement in {cfg.patience} validations" if stop == "patience" else f"{cfg.max_minutes} min cap")
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
-            want_ckpt = state.step % ckpt_every == 0 or state.step == total_steps
+            want_ckpt = state.step % ckpt_every == 0 or state.step == total_steps or state.stopped is not None
             if want_ckpt:
                 # every rank writes its own part (DeepSpeed shards); Ray Train merges what workers report
                 d = reporter.new_checkpoint_dir()
@@ -164,7 +189,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                 reporter.report(metrics or {"stage": task.name, "step": state.step}, d)
             elif metrics is not None:
                 reporter.report(metrics)
-            if state.step >= total_steps:
+            if state.step >= total_steps or state.stopped is not None:
                 done = True
                 break
         else:
@@ -177,22 +202,65 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
         (out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
         if state.resumed_at:
             (out_dir / "resumed.json").write_text(json.dumps({"resumed_at_steps": state.resumed_at}))
-        if not (out_dir / "adapter").is_dir():  # no validation improved on nothing: keep the last
+        if cfg.keep == "last" or not (out_dir / "adapter").is_dir():  # the last step's (or no validation ran)
             task.save_adapter(module, out_dir / "adapter")
+            (out_dir / "adapter_step.json").write_text(json.dumps({"step": state.step, "kept": "last"}))
     return final
 
 
-def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, engine: Engine) -> dict:
+def _write_progress(out_dir: Path, state: TrainState, total: int, loss: float, elapsed: float, start_step: int) -> None:
+    """``progress.json`` for whoever watches the run (the console of the command that started it)."""
+    valid = next((h for h in reversed(state.history) if any(k.startswith("valid_") for k in h)), None)
+    status = f"loss {loss:.3f}"
+    if valid is not None:
+        key = next(k for k in ("valid_hr@1", "valid_ppl", "valid_loss") if k in valid) if any(
+            k in valid for k in ("valid_hr@1", "valid_ppl", "valid_loss")) else None
+        if key:
+            status += f", {key} {valid[key]:.3f} at step {valid['step']}"
+    done = state.step - start_step
+    atomic_write_text(out_dir / "progress.json", json.dumps({
+        "step": state.step, "total": total, "loss": loss, "status": status, "elapsed_s": round(elapsed, 1),
+        "eta_s": round(elapsed / done * (total - state.step), 1) if done else None}))
+
+
+def _should_stop(cfg: StageConfig, state: TrainState, minutes: float) -> str | None:
+    """Early stopping after a validation: ``patience`` validations without improvement (past ``min_steps``),
+    or the time cap."""
+    if cfg.max_minutes is not None and minutes >= cfg.max_minutes:
+        return "time"
+    if cfg.patience is not None and state.step >= cfg.min_steps and state.since_improved >= cfg.patience:
+        return "patience"
+    return None
+
+
+def _agree(decision: str | None, device: torch.device) -> str | None:
+    """Rank 0's decision on every rank (their clocks and float sums may differ; they must stop together)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return decision
+    codes = [None, "patience", "time"]
+    t = torch.tensor([codes.index(decision)], device=device)
+    dist.broadcast(t, src=0)
+    return codes[int(t.item())]
+
+
+def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, engine: Engine,
+              cfg: StageConfig | None = None) -> dict:
     module.eval()
     with torch.no_grad(), engine.precision():
         m = task.validate(module)
     value = m.get(task.best_metric)
+    keep, min_delta = (cfg.keep, cfg.min_delta) if cfg is not None else ("best", 0.0)
     if value is not None and math.isfinite(value):
+        sign = 1 if task.higher_is_better else -1
+        improved = state.best is None or sign * (value - state.best) > min_delta
+        state.since_improved = 0 if improved else state.since_improved + 1
         better = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
         if better:
             state.best = value
             m["best"] = True
-            if rank == 0:
+            if rank == 0 and keep == "best":
                 task.save_adapter(module, Path(out_dir) / "adapter")
                 (Path(out_dir) / "adapter_step.json").write_text(json.dumps({"step": state.step, task.best_metric: value}))
     log.info("%s validation at step %d: %s", task.name, state.step, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})

@@ -13,12 +13,14 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from lavic_ray.config import LavicConfig
+from lavic_ray.data.dataset import Dataset
 from lavic_ray.data.layout import Catalog
-from lavic_ray.model.prompts import PromptBuilder, collate
+from lavic_ray.errors import InvalidInput
+from lavic_ray.model.build import prompt_builder
+from lavic_ray.model.prompts import collate
 from lavic_ray.model.views import ViewCache
-from lavic_ray.train.common import build_lavic, label_tokens, save_adapter
+from lavic_ray.train.common import label_tokens, save_adapter, trainable_lavic
 from lavic_ray.train.loop import Task
 
 
@@ -49,22 +51,25 @@ class Stage1Task(Task):
     best_metric = "valid_ppl"
     higher_is_better = False
 
-    def __init__(self, cfg: LavicConfig, catalog_root: str | Path, cache_images: int = 4096):
+    def __init__(self, cfg: LavicConfig):
         self.cfg = cfg
         self.scfg = cfg.stage1
-        self.model, self.ck = build_lavic(cfg, self.scfg, "vision")
-        self.builder = PromptBuilder(self.ck.tokenizer, self.ck.image_token_id, self.scfg.max_length)
-        catalog = Catalog.load(catalog_root, cfg.dataset.images_dir)
-        if cfg.dataset.descriptions:  # teacher descriptions from lavic describe
-            from lavic_ray.pipeline.describe import apply_descriptions
-
-            catalog = apply_descriptions(catalog, cfg.dataset.descriptions)
-        examples = stage1_examples(catalog)
+        dataset = Dataset.from_config(cfg.dataset)
+        examples = stage1_examples(dataset.catalog())  # teacher descriptions from lavic describe, when set
         if not examples:
-            raise ValueError(f"no image with a description in {catalog_root}: stage 1 has nothing to distil (run lavic describe)")
-        self.train_set = [e for e in examples if not is_heldout(e.item_id, self.scfg.valid_fraction)]
-        self.valid_set = [e for e in examples if is_heldout(e.item_id, self.scfg.valid_fraction)][: self.scfg.eval_limit]
-        self._views = ViewCache(self.ck.image_processor, cache_images)
+            raise InvalidInput(f"no image with a description in {dataset.root}: stage 1 has nothing to distil (run lavic describe)")
+        self.model, self.ck = trainable_lavic(cfg, self.scfg, "vision")
+        self.builder = prompt_builder(self.ck, cfg.prompts, self.scfg.max_length)
+        if self.scfg.split == "files":  # the release's own split: item2meta_train.json trains, item2meta_valid.jsonl validates
+            train_ids = set(Catalog.load(dataset.items_train, dataset.images_dir).ids()) if dataset.items_train.is_file() else set()
+            heldout = [e.item_id not in train_ids for e in examples]
+        else:
+            heldout = [is_heldout(e.item_id, self.scfg.valid_fraction) for e in examples]
+        self.train_set = [e for e, h in zip(examples, heldout) if not h]
+        self.valid_set = [e for e, h in zip(examples, heldout) if h][: self.scfg.eval_limit]
+        if not self.train_set:
+            raise InvalidInput(f"stage 1 has no training images in {dataset.root} (stage1.split={self.scfg.split})")
+        self._views = ViewCache(self.ck.image_processor, missing=cfg.model.missing_image)
 
     def module(self):
         return self.model
@@ -79,7 +84,7 @@ class Stage1Task(Task):
         return self._views.get([e.image for e in batch])
 
     def _forward(self, fn, batch: list[Stage1Example]):
-        b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.ck.tokenizer.pad_token_id, "right")
+        b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.builder.pad_id, "right")
         px, sizes, present = self._pixels(batch)
         device = next(self.model.parameters()).device
         b = b.to(device)

@@ -211,5 +211,5 @@ def test_title_only_is_at_chance_while_the_image_decides(synth_root):
 
 def test_too_small_a_catalog_is_refused_before_any_work(tmp_path):
     with pytest.raises(ValueError, match="raise synth.items"):
-        generate(SynthConfig(items=48, conversations=40), tmp_path / "x")
+        generate(SynthConfig(items=48, conversations=40), tmp_path / "x", retriever=None)  # refused before retrieval
     assert not (tmp_path / "x" / "images").exists() or not any((tmp_path / "x" / "images").iterdir())

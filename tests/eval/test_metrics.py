@@ -90,3 +90,28 @@ def test_no_conversations_and_no_gt_are_errors():
         aggregate([])
     with pytest.raises(ValueError):
         Judged.make("x", [], CANDS, ["a"])
+
+
+def test_chance_and_the_did_not_learn_verdict():
+    from lavic_ray.eval.metrics import above_chance, binomial_tail, chance_hr1, learning_verdict
+
+    js = [Judged.make("a", ["x"], list("xbcdefghij"), list("xbcdefghij")),
+          Judged.make("b", ["q"], list("xbcdefghij"), list("xbcdefghij"))]  # b: ground truth not in the list
+    assert chance_hr1(js) == pytest.approx(0.05)
+    assert aggregate(js)["chance_hr@1"] == pytest.approx(0.05)
+    assert binomial_tail(0, 30, 0.1) == 1.0 and binomial_tail(30, 30, 0.1) == pytest.approx(0.1 ** 30)
+    # 30 conversations at chance 0.09: 3 hits is chance, 10 is not
+    assert not above_chance(3 / 30, 30, 0.09) and above_chance(10 / 30, 30, 0.09)
+
+    def hist(*hr):
+        return [{"step": 10 * (i + 1), "train_loss": 0.69} for i in range(len(hr))] + [
+            {"step": 10 * (i + 1), "valid_hr@1": h, "valid_chance_hr@1": 0.09, "valid_conversations": 30}
+            for i, h in enumerate(hr)]
+
+    stuck = learning_verdict(hist(0.067, 0.1, 0.067))  # the Intel machine's curve in issue 21
+    assert stuck["learned"] is False and stuck["valid_curve"] == [[10, 0.067], [20, 0.1], [30, 0.067]]
+    learned = learning_verdict(hist(0.1, 0.37, 0.47))
+    assert learned["learned"] is True and learned["best_step"] == 30 and learned["p_value"] < 0.05
+    # one lucky validation among many is corrected for: 6/30 at chance 0.09 is p ~ 0.08 alone
+    assert learning_verdict(hist(*[0.1] * 9, 0.2))["learned"] is False
+    assert learning_verdict([{"step": 1, "train_loss": 1.0}])["learned"] is None

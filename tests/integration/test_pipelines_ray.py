@@ -33,8 +33,9 @@ def test_preprocess_on_ray_data_matches_the_plain_run(tmp_path, tiny_dir, synth_
     from lavic_ray.model.table import VectorTable
     from lavic_ray.pipeline.embed import run_embed
 
-    t_ray = VectorTable.load(run_embed(cfg, synth_root, tmp_path / "t_ray.parquet", views=tmp_path / "ray"))
-    t_one = VectorTable.load(run_embed(cfg, synth_root, tmp_path / "t_one.parquet", views=tmp_path / "ray", use_ray=False))
+    ecfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": str(synth_root), "views": str(tmp_path / "ray")})})
+    t_ray = VectorTable.load(run_embed(ecfg, tmp_path / "t_ray.parquet"))
+    t_one = VectorTable.load(run_embed(ecfg, tmp_path / "t_one.parquet", use_ray=False))
     ids = list(t_one.ids)
     assert sorted(t_ray.ids) == sorted(ids) and (t_ray.lookup(ids) - t_one.lookup(ids)).abs().max() < 1e-4
 

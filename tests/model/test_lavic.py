@@ -150,7 +150,7 @@ def test_prefix_cached_scores_equal_full_recomputation(tiny, model):
             enc = b.listwise(turns, cands, i)
             ids = torch.tensor([enc.input_ids])
             logits = model(ids, torch.ones_like(ids), lookup(enc.images)).logits[0].log_softmax(-1)
-            answer = b.answer_ids(cands)[i]
+            answer = b.listwise_answers(turns, cands)[1][i]
             start = len(enc.input_ids) - len(answer) - 1  # before EOS
             full = sum(float(logits[start - 1 + j, t]) for j, t in enumerate(answer))
             assert cached[i] == pytest.approx(full, abs=1e-3)
@@ -200,7 +200,7 @@ def test_view_cache_pads_images_tiled_in_different_calls(tiny, tmp_path):
 
 
 def test_batched_scoring_matches_one_request_at_a_time(tiny, model):
-    from lavic_ray.model.scoring import score_batch
+    from lavic_ray.model.formulations import score_batch
 
     b = PromptBuilder(tiny.tokenizer, tiny.image_token_id, max_length=400)
     ids = ["B000000001", "0306406152", "B000000003", "B000000004"]
@@ -313,8 +313,9 @@ def test_listwise_prefix_sharing_modes_agree(tiny, attn):
                 assert x == pytest.approx(y, abs=1e-4), key
         # the reference: one plain pass over prompt + answer per candidate
         turns, cands = requests[2]
-        enc = b.listwise(turns, cands, None)
-        for i, a in enumerate(b.answer_ids(cands)):
+        enc, answers = b.listwise_answers(turns, cands)
+        assert enc.input_ids == b.listwise(turns, cands, None).input_ids
+        for i, a in enumerate(answers):
             x = torch.tensor([enc.input_ids + a])
             with torch.no_grad():
                 logits = model(x, torch.ones_like(x), lookup(enc.images)).logits.float()

@@ -15,7 +15,8 @@ def _cfg(tiny_dir, *extra):
 
 def test_describe_writes_descriptions_skips_done_ones_and_stage1_reads_them(tmp_path, tiny_dir, synth_root):
     from lavic_ray.data.layout import Catalog
-    from lavic_ray.pipeline.describe import apply_descriptions, run_describe
+    from lavic_ray.data.descriptions import apply_descriptions
+    from lavic_ray.pipeline.describe import run_describe
     from lavic_ray.train.stage1 import stage1_examples
 
     out = tmp_path / "desc"

@@ -9,6 +9,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -54,7 +55,7 @@ def _by_name(out: Path) -> dict[str, dict]:
 
 def test_each_kind_of_bad_image_is_kept_with_its_reason(tmp_path, tiny_dir, monkeypatch):
     from lavic_ray.data import images as images_mod
-    from lavic_ray.pipeline.preprocess import load_views, run_preprocess
+    from lavic_ray.pipeline.preprocess import run_preprocess, shard_rows
 
     good = _jpeg()
     buf = io.BytesIO()
@@ -82,8 +83,9 @@ def test_each_kind_of_bad_image_is_kept_with_its_reason(tmp_path, tiny_dir, monk
     assert manifest["images"] == 9 and manifest["bad"] == 5 and manifest["ok"] == 4
     bad = [json.loads(line) for line in (tmp_path / "out" / "bad_images.jsonl").read_text().splitlines()]
     assert len(bad) == 5 and all(b["reason"] for b in bad)
-    views = load_views(tmp_path / "out")
-    assert len(views) == 4 and all(v.dtype.name == "float16" for v in views.values())
+    views = [np.frombuffer(r["views"], dtype=np.float16).reshape(r["views_shape"])
+             for r in shard_rows(tmp_path / "out", ["ok", "views", "views_shape"]) if r["ok"] and r["views"] is not None]
+    assert len(views) == 4 and all(v.dtype.name == "float16" for v in views)
 
 
 def test_rerun_skips_finished_shards_and_refuses_a_different_plan(tmp_path, tiny_dir):
@@ -197,8 +199,10 @@ def test_embed_from_preprocessed_views_matches_embed_from_images(tmp_path, tiny_
 
     cfg = _cfg(tiny_dir, "preprocess.shard_size=100")
     run_preprocess(cfg, synth_root, tmp_path / "pre", use_ray=False)
-    a = VectorTable.load(run_embed(cfg, synth_root, tmp_path / "a.parquet", use_ray=False))
-    b = VectorTable.load(run_embed(cfg, synth_root, tmp_path / "b.parquet", use_ray=False, views=tmp_path / "pre"))
+    cfg = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"root": str(synth_root)})})
+    a = VectorTable.load(run_embed(cfg, tmp_path / "a.parquet", use_ray=False))
+    with_views = cfg.model_copy(update={"dataset": cfg.dataset.model_copy(update={"views": str(tmp_path / "pre")})})
+    b = VectorTable.load(run_embed(with_views, tmp_path / "b.parquet", use_ray=False))
     ids = list(a.ids)[:40]
     va, vb = a.lookup(ids).numpy(), b.lookup(ids).numpy()
     assert np.abs(va - vb).max() < 2e-2 * max(1.0, np.abs(va).max())

@@ -29,8 +29,9 @@ def served_run(tmp_path_factory, tiny_dir, synth_root) -> dict:
     ck = load_checkpoint(str(tiny_dir))
     ck.model.lm_head.weight.data *= 20
     sharp = save_checkpoint(ck, out / "tiny-sharp")
-    cfg = load_config(None, [f"model.checkpoint={sharp}", "stage2.formulation=listwise", "stage2.max_length=512"])
-    table = run_embed(cfg, synth_root, out / "items.parquet", use_ray=False, batch_size=64)
+    cfg = load_config(None, [f"model.checkpoint={sharp}", "stage2.formulation=listwise", "stage2.max_length=512",
+                              f"dataset.root={synth_root}", "embed.batch_size=64"])
+    table = run_embed(cfg, out / "items.parquet", use_ray=False)
     catalog = Catalog.load(synth_root)
     convs = read_conversations(synth_root / "synthetic" / "train.jsonl")
     planted = sorted(catalog.ids())[5]

@@ -1,6 +1,7 @@
 """Training loops without Ray: resume round trip, checkpoint safety, stage-2 samples."""
 
 import json
+from pathlib import Path
 import random
 
 import pytest
@@ -9,22 +10,22 @@ from lavic_ray.config import load_config
 from lavic_ray.data.records import Conversation
 from lavic_ray.train.reporting import LATEST, LocalReporter
 from lavic_ray.train.run import run_local
-from lavic_ray.train.stage2 import listwise_samples, pointwise_samples, ranking_loss
+from lavic_ray.model.formulations import listwise_samples, pointwise_samples, ranking_loss
 
 
-def tiny_cfg(tiny_dir, *extra):
-    return load_config(None, [f"model.checkpoint={tiny_dir}", "stage1.engine.kind=torch", "stage1.log_every=1",
+def tiny_cfg(tiny_dir, *extra, root=None):
+    return load_config(None, [f"model.checkpoint={tiny_dir}", f"dataset.root={root}", "stage1.engine.kind=torch", "stage1.log_every=1",
                               "stage1.eval_limit=4", "stage1.max_length=128", "stage1.engine.micro_batch_size=2",
                               "stage1.checkpoint_every=1", *extra])
 
 
 def test_stage1_resumes_from_its_last_checkpoint(tmp_path, tiny_dir, synth_root):
     out = tmp_path / "s1"
-    first = run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=2"), synth_root, out)
+    first = run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=2", root=synth_root), out)
     assert first["step"] == 2
     assert (out / "adapter" / "adapter_config.json").is_file()  # PEFT format
     assert (out / "run" / "checkpoints" / LATEST).read_text().strip() == "step_00000002"
-    second = run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=4"), synth_root, out)
+    second = run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=4", root=synth_root), out)
     assert second["step"] == 4
     steps = [json.loads(x)["step"] for x in (out / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps[:2] == [1, 2] and steps[-2:] == [3, 4]  # the count continues, nothing repeated
@@ -55,7 +56,7 @@ def read_scalars(logdir) -> dict[str, list[tuple[int, float]]]:
 
 def test_tensorboard_tracking_records_every_reported_metric(tmp_path, tiny_dir, synth_root):
     out = tmp_path / "s1"
-    run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=2", "tracking.backend=tensorboard"), synth_root, out)
+    run_local("stage1", tiny_cfg(tiny_dir, "stage1.max_steps=2", "tracking.backend=tensorboard", root=synth_root), out)
     scalars = read_scalars(out / "tensorboard")
     assert [step for step, _ in scalars["train_loss"]] == [1, 2]
     assert [step for step, _ in scalars["valid_ppl"]] == [2]
@@ -123,9 +124,9 @@ def test_ranking_loss_is_softmax_cross_entropy_per_sample():
 
 
 def test_stage2_needs_the_table_for_images(tmp_path, tiny_dir, synth_root):
-    cfg = load_config(None, [f"model.checkpoint={tiny_dir}"])
+    cfg = load_config(None, [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}"])
     with pytest.raises(ValueError, match="embedding table"):
-        run_local("stage2", cfg, synth_root, tmp_path / "s2", table=None)
+        run_local("stage2", cfg, tmp_path / "s2", table=None)
 
 
 def test_length_grouped_micro_batches_cover_each_example_once_and_pad_less():
@@ -160,14 +161,14 @@ def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
     import torch
 
     from lavic_ray.config import EngineConfig
-    from lavic_ray.train.engine import Engine
+    from lavic_ray.train.engine import make_engine
 
     if kind == "deepspeed":
         pytest.importorskip("deepspeed")
     torch.manual_seed(0)
     net = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
     before = [p.detach().clone() for p in net.parameters()]
-    engine = Engine(net, EngineConfig(kind=kind, precision="bf16-mixed", zero_stage=0, micro_batch_size=4), lr=1e-2,
+    engine = make_engine(net, EngineConfig(kind=kind, precision="bf16-mixed", zero_stage=0, micro_batch_size=4), lr=1e-2,
                     weight_decay=0.0)
     x = torch.randn(4, 8)
     out = engine(x)
@@ -177,7 +178,7 @@ def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
     assert engine.step()
     assert all(p.dtype == torch.float32 for p in net.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters()))
-    fp32 = Engine(torch.nn.Linear(8, 1), EngineConfig(kind="torch", precision="fp32"), lr=1e-2, weight_decay=0.0)
+    fp32 = make_engine(torch.nn.Linear(8, 1), EngineConfig(kind="torch", precision="fp32"), lr=1e-2, weight_decay=0.0)
     assert fp32(x).dtype == torch.float32
 
 
@@ -185,12 +186,12 @@ def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
     import torch
 
     from lavic_ray.config import EngineConfig
-    from lavic_ray.train.engine import Engine
+    from lavic_ray.train.engine import make_engine
 
     pytest.importorskip("deepspeed")
     seen = {}
     for kind in ("torch", "deepspeed"):
-        engine = Engine(torch.nn.Linear(4, 1), EngineConfig(kind=kind, zero_stage=2, micro_batch_size=2), lr=1e-2,
+        engine = make_engine(torch.nn.Linear(4, 1), EngineConfig(kind=kind, zero_stage=2, micro_batch_size=2), lr=1e-2,
                         weight_decay=0.0, warmup_steps=4)
         lrs = []
         for _ in range(6):
@@ -201,3 +202,71 @@ def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
     want = [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]  # the first step already moves (DeepSpeed's WarmupLR starts at 0)
     for kind, lrs in seen.items():
         assert lrs == pytest.approx(want), kind
+
+
+class _Scripted:
+    """A minimal Task whose validation metric follows a script (to test early stopping)."""
+
+    def __new__(cls, script, higher=True):
+        import torch
+
+        from lavic_ray.train.loop import Task
+
+        class T(Task):
+            name = "scripted"
+            best_metric = "valid_hr@1"
+            higher_is_better = higher
+
+            def __init__(self):
+                self.net = torch.nn.Linear(2, 1)
+                self.calls = 0
+
+            def module(self):
+                return self.net
+
+            def train_examples(self):
+                return list(range(64))
+
+            def loss(self, engine, batch):
+                x = torch.ones(len(batch), 2)
+                return engine(x).pow(2).mean(), len(batch)
+
+            def validate(self, module):
+                v = script[min(self.calls, len(script) - 1)]
+                self.calls += 1
+                return {"valid_hr@1": v}
+
+            def save_adapter(self, module, directory):
+                Path(directory).mkdir(parents=True, exist_ok=True)
+
+        return T()
+
+
+def test_early_stopping_waits_for_min_steps_then_stops_after_patience(tmp_path):
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import train
+    from lavic_ray.train.reporting import LocalReporter
+
+    # validations every 2 steps: 0.1 0.1 0.1 (stuck, but min_steps 8 holds it) 0.4 0.5 0.5 0.5 -> stop after 2 without gain
+    task = _Scripted([0.1, 0.1, 0.1, 0.4, 0.5, 0.5, 0.5, 0.9])
+    cfg = Stage2Config(max_steps=40, eval_every=2, patience=2, min_delta=0.01, min_steps=8, log_every=1,
+                       engine={"kind": "torch", "micro_batch_size": 2})
+    final = train(task, cfg, LocalReporter(tmp_path / "run"), tmp_path)
+    hist = json.loads((tmp_path / "history.json").read_text())
+    valid = [(h["step"], h["valid_hr@1"]) for h in hist if "valid_hr@1" in h]
+    assert valid == [(2, 0.1), (4, 0.1), (6, 0.1), (8, 0.4), (10, 0.5), (12, 0.5), (14, 0.5)]
+    assert final["step"] == 14 and final["stopped"] == 1
+    # without patience the same script runs every step
+    task = _Scripted([0.1, 0.1, 0.1, 0.4, 0.5, 0.5, 0.5, 0.9])
+    cfg = cfg.model_copy(update={"patience": None, "max_steps": 20})
+    assert train(task, cfg, LocalReporter(tmp_path / "run2"), tmp_path / "b")["step"] == 20
+
+
+def test_a_time_cap_stops_at_the_next_validation(tmp_path):
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import train
+    from lavic_ray.train.reporting import LocalReporter
+
+    cfg = Stage2Config(max_steps=40, eval_every=3, max_minutes=1e-9, log_every=1, engine={"kind": "torch", "micro_batch_size": 2})
+    final = train(_Scripted([0.1]), cfg, LocalReporter(tmp_path / "run"), tmp_path)
+    assert final["step"] == 3 and final["stopped"] == 1

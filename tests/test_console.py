@@ -1,0 +1,61 @@
+"""The console of long commands: step lines and bars for a person, the rest to the log file."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+
+from lavic_ray import console
+
+
+def test_steps_and_progress_lines_go_to_the_console_and_the_log():
+    err, out = io.StringIO(), io.StringIO()
+    c = console.Console(out, err)
+    with c.step("stage 1", 3, 8):
+        with c.progress(4, "stage 1", "step") as bar:
+            bar.update(4)
+    lines = err.getvalue().splitlines()
+    assert lines[0] == "[3/8] stage 1 ..." and lines[-1].startswith("[3/8] stage 1: done in ")
+    try:
+        with c.step("stage 2"):
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert "stage 2: failed after" in err.getvalue()
+    assert out.getvalue() == ""  # results only
+
+
+def test_session_sends_logging_to_the_file_and_keeps_the_console(tmp_path, capsys):
+    log_file = tmp_path / "logs" / "run.log"
+    with console.session(log_file) as c:
+        assert console.get() is c
+        logging.getLogger("lavic_ray.somewhere").info("a detail for the log")
+        logging.getLogger("some.library").info("library chatter")
+        c.line("a line for the person")
+    assert console.get() is not c  # restored
+    text = log_file.read_text()
+    assert "a detail for the log" in text and "library chatter" in text and "a line for the person" in text
+    shown = capsys.readouterr().err
+    assert "a line for the person" in shown and f"full log: {log_file}" in shown
+    assert "a detail for the log" not in shown and "library chatter" not in shown
+
+
+def test_watch_follows_a_progress_file(tmp_path):
+    err = io.StringIO()
+    c = console.Console(io.StringIO(), err)
+    p = tmp_path / "progress.json"
+
+    def writer():
+        for step in (1, 2, 3):
+            p.write_text(json.dumps({"step": step, "total": 3, "status": f"loss {1 / step:.2f}"}))
+            time.sleep(0.15)
+
+    with c.watch(p, "stage 2 lavic", poll_s=0.05):
+        t = threading.Thread(target=writer)
+        t.start()
+        t.join()
+        time.sleep(0.2)
+    assert "stage 2 lavic" in err.getvalue() and "3/3" in err.getvalue()
