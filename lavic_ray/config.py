@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from lavic_ray.errors import InvalidInput
-from lavic_ray.variants import VariantName
+from lavic_ray.variants import VARIANTS, VariantName
 
 
 class ConfigError(InvalidInput):
@@ -279,6 +279,8 @@ class StageConfig(Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (1 process each)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when CPUs of "
+                                                     "its node fall idle (a run beside it finished), up to the node's")
     log_every: int = Field(10, ge=1)
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: at each evaluation)")
     eval_every: int = Field(0, ge=0, description="optimizer steps between validations (0: once per epoch)")
@@ -345,6 +347,8 @@ class JobConfig(Strict):
         "lavic", description="stage 2 / evaluation: the full method or one of the paper's ablations")
     split: Literal["train", "valid", "test"] = Field("test", description="evaluate: the split to score")
     max_failures: int = Field(1, ge=0, description="Ray Train worker failures a run survives (from its last checkpoint)")
+    variants: list[VariantName] = Field(list(VARIANTS), min_length=1, description="the pipeline job and the quickstart: "
+                                        "the stage-2 variants they train and evaluate")
 
 
 class TrackingConfig(Strict):

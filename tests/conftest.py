@@ -58,3 +58,13 @@ def tiny(tiny_dir):
     from lavic_ray.model.checkpoints import load_checkpoint
 
     return load_checkpoint(str(tiny_dir))
+
+
+@pytest.fixture(scope="session")
+def mistral_dir(tmp_path_factory) -> Path:
+    """A checkpoint shaped like llava-v1.6-mistral-7b (336 px / patch 14 views, the real pinpoints, image token
+    32000, a Mistral text model, a SentencePiece tokenizer with byte fallback), random and tiny, built once."""
+    pytest.importorskip("sentencepiece", reason="the Mistral-shaped test tokenizer is trained with sentencepiece (dev extra)")
+    from lavic_ray.model.checkpoints import build_mistral_like
+
+    return build_mistral_like(tmp_path_factory.mktemp("mistral"), seed=0)

@@ -170,6 +170,89 @@ def build_tiny(out: str | Path, seed: int = 0, image_size: int = 32) -> Path:
     return out
 
 
+#: llava-hf/llava-v1.6-mistral-7b-hf's token ids and sizes that the Mistral-shaped test model keeps.
+MISTRAL_7B_IDS = {"bos": 1, "eos": 2, "image": 32000, "pad": 32001, "vocab": 32064, "base": 336, "patch": 14}
+
+
+def build_sentencepiece_tokenizer(out: str | Path, corpus: list[str], pieces: int = 32000):
+    """A Llama/Mistral-style SentencePiece BPE tokenizer trained here (the ``sentencepiece`` package): byte
+    fallback, ``<unk>``/``<s>``/``</s>`` at 0/1/2, BOS added by default, no EOS. Its vocabulary is padded to
+    ``pieces`` ids with entries no merge reaches (so ``<image>`` lands at 32000, as in llava-v1.6-mistral-7b),
+    then ``<image>`` and ``<pad>`` are added. Saved in the fast (``tokenizer.json``) format."""
+    import json
+    import shutil
+    import tempfile
+
+    try:
+        import sentencepiece as spm
+    except ImportError as e:
+        raise ImportError("building the Mistral-shaped test tokenizer needs sentencepiece: pip install 'lavic-ray[dev]'") from e
+    from transformers import AutoTokenizer
+
+    out = Path(out)
+    tmp = Path(tempfile.mkdtemp(prefix="lavic-spm-"))
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(corpus), model_prefix=str(tmp / "sp"), vocab_size=2000, model_type="bpe",
+            byte_fallback=True, hard_vocab_limit=False, split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+            num_threads=1, minloglevel=2)
+        (tmp / "sp").mkdir()
+        shutil.copy(tmp / "sp.model", tmp / "sp" / "tokenizer.model")
+        config = {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+                  "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+        (tmp / "sp" / "tokenizer_config.json").write_text(json.dumps(config))
+        AutoTokenizer.from_pretrained(tmp / "sp").save_pretrained(tmp / "fast")  # sentencepiece -> tokenizer.json
+        spec = json.loads((tmp / "fast" / "tokenizer.json").read_text())
+        vocab = spec["model"]["vocab"]
+        for i in range(len(vocab), pieces):  # ids no merge produces: the fixed vocabulary size, nothing else
+            vocab[f"<unused{i}>"] = i
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "tokenizer.json").write_text(json.dumps(spec))
+        (out / "tokenizer_config.json").write_text(json.dumps(config))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.add_tokens([IMAGE_TOKEN], special_tokens=True)
+    tok.add_special_tokens({"pad_token": "<pad>"})
+    tok.save_pretrained(out)
+    return AutoTokenizer.from_pretrained(out)
+
+
+def build_mistral_like(out: str | Path, seed: int = 0) -> Path:
+    """A checkpoint shaped like llava-hf/llava-v1.6-mistral-7b-hf in everything but width and depth (tests).
+
+    A CLIP vision tower at 336 px, patch 14 (577 tokens per view), LLaVA-v1.6's real grid pinpoints,
+    ``vision_feature_layer`` -2 and the default feature selection, ``image_token_index`` 32000, a Mistral
+    text model (vocabulary 32064, rope theta 1e6), and a SentencePiece tokenizer with byte fallback and
+    ``<s>``/``</s>`` (:func:`build_sentencepiece_tokenizer`). Random weights, built offline.
+    """
+    from transformers import CLIPVisionConfig, LlavaNextForConditionalGeneration, MistralConfig
+
+    from lavic_ray.config import PromptsConfig
+
+    ids = MISTRAL_7B_IDS
+    out = Path(out)
+    prompts = PromptsConfig()
+    corpus = (_tiny_corpus() + [getattr(prompts, f) for f in PromptsConfig.model_fields if isinstance(getattr(prompts, f), str)]
+              + ["<submission>", "</submission>", "<comment>", "</comment>", "Assistant:", "ID: title"]) * 8
+    tok = build_sentencepiece_tokenizer(out, corpus)
+    if tok.convert_tokens_to_ids(IMAGE_TOKEN) != ids["image"] or tok.pad_token_id != ids["pad"]:
+        raise RuntimeError(f"test tokenizer ids drifted: image {tok.convert_tokens_to_ids(IMAGE_TOKEN)}, pad {tok.pad_token_id}")
+    torch.manual_seed(seed)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=ids["base"], patch_size=ids["patch"], projection_dim=32)
+    text = MistralConfig(vocab_size=ids["vocab"], hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6,
+                         sliding_window=None, bos_token_id=ids["bos"], eos_token_id=ids["eos"], pad_token_id=ids["pad"],
+                         tie_word_embeddings=False)
+    cfg = _llava_config(vision, text, ids["image"], ids["base"])
+    cfg.projector_hidden_act = "gelu"
+    model = LlavaNextForConditionalGeneration(cfg)
+    model.save_pretrained(out)
+    make_image_processor(ids["base"]).save_pretrained(out)
+    return out
+
+
 def smollm2_dir() -> Path:
     """The installed folder that holds the SmolLM2-135M-Instruct GGUF file."""
     import importlib.util

@@ -154,6 +154,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if not stepped:
                 continue
             state.step += 1
+            if cfg.elastic_threads and not cfg.use_gpu and state.step % 10 == 0:
+                _grow_threads(task.name)
             if rank == 0:
                 _write_progress(out_dir, state, total_steps, window_loss / max(window_n, 1), time.monotonic() - t0, start_step)
             metrics = None
@@ -221,6 +223,20 @@ def _write_progress(out_dir: Path, state: TrainState, total: int, loss: float, e
     atomic_write_text(out_dir / "progress.json", json.dumps({
         "step": state.step, "total": total, "loss": loss, "status": status, "elapsed_s": round(elapsed, 1),
         "eta_s": round(elapsed / done * (total - state.step), 1) if done else None}))
+
+
+def _grow_threads(name: str) -> None:
+    """Take the node's idle CPUs as more torch threads (``elastic_threads``): when a run beside this one
+    finishes, its cores would otherwise idle. Read from the 1-minute load average, so it reacts within a
+    minute or so, and only grows (a run that starts beside it later gets its own CPUs from Ray)."""
+    import os
+
+    cpus, cur = os.cpu_count() or 1, torch.get_num_threads()
+    idle = cpus - os.getloadavg()[0]
+    if cur < cpus and idle >= 0.8:
+        new = min(cpus, cur + int(idle + 0.2))
+        torch.set_num_threads(new)
+        log.info("%s: %d idle CPUs, %d -> %d torch threads", name, int(idle + 0.2), cur, new)
 
 
 def _should_stop(cfg: StageConfig, state: TrainState, minutes: float) -> str | None:
