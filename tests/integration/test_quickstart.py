@@ -18,7 +18,7 @@ def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
     cmd = [sys.executable, "-m", "lavic_ray.cli", "quickstart", "--workdir", "runs/qs", "--json",
            "--set", "model.checkpoint=tiny", "--set", "synth.items=96", "--set", "synth.conversations=60",
            "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=2", "--set", "stage1.engine.kind=torch",
-           "--set", "stage2.engine.kind=torch"]
+           "--set", "stage2.engine.kind=torch", "--set", "job.variants=[lavic,lavic-title-only,lavic-no-distill]"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
