@@ -164,7 +164,7 @@ def cmd_small_model(args) -> int:
     cfg = _load(args, _flag_overrides(args, sm_keys))
     with _long_command(args, args.out, "small-model") as console:
         with console.step("small model"):
-            out = build_small_model(args.catalog, args.out, **cfg.small_model.model_dump())
+            out = build_small_model(args.catalog, args.out, **cfg.small_model.model_dump(exclude={"cpus"}))
         _print_result(console, args, {"model": str(out)}, f"small model saved to {out}")
     return 0
 
@@ -322,38 +322,37 @@ def _kv(pairs: list[str]) -> dict:
 
 
 def cmd_serve(args) -> int:
+    """Hand the Serve config - every field of it, the lavic application's args overridden - to Serve's own runner
+    (``serve run``): proxy location, runtime environments, logging and autoscaling are Serve's to apply."""
+    import subprocess
+    import tempfile
+
+    import yaml
+
     from lavic_ray.artifacts import Artifacts
-    from lavic_ray.errors import InputMissing
-    from lavic_ray.runtime import ensure_ray
-    from lavic_ray.serve.app import compose_app, read_serve_config
+    from lavic_ray.serve.app import load_serve_config, with_overrides
 
     overrides = _kv(args.arg)
     if args.serve_workdir:
         art = Artifacts(args.serve_workdir)
         overrides = {"stage2_dir": str(art.stage2("lavic")), "table": str(art.table("distilled")), "catalog": str(art.catalog),
                      **overrides}
-    if not Path(args.serve_config).is_file():
-        raise InputMissing(f"Serve config {args.serve_config} not found (run from the repository root, or pass --serve-config)")
-    app = read_serve_config(args.serve_config, overrides)
-    app.args.check_paths()
-    http = {**app.http_options, **({"port": args.port} if args.port is not None else {}),
-            **({"host": args.host} if args.host else {})}
-    from ray import serve
-
-    ensure_ray(args.address)
-    serve.start(http_options=http)
-    serve.run(compose_app(app.args, app.options), name=app.name, route_prefix=app.route_prefix, blocking=False)
+    doc = with_overrides(load_serve_config(args.serve_config), overrides, args.host, args.port)
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="lavic-serve-", delete=False) as fh:
+        yaml.safe_dump(doc, fh, sort_keys=False)
+    http = doc.get("http_options", {})
     url = f"http://{http.get('host', '127.0.0.1')}:{http.get('port', 8000)}"
-    print(f"lavic serve: {app.name} up at {url}  (POST /recommend, GET /healthz, docs at {url}/docs)", flush=True)
+    print(f"lavic serve: {args.serve_config} -> serve run {fh.name}; {url} (POST /recommend, GET /healthz, docs at "
+          f"{url}/docs){'' if args.detach else '; Ctrl-C stops it'}", flush=True)
+    cmd = [str(Path(sys.executable).parent / "serve"), "run", fh.name]
+    if args.address:
+        cmd += ["--address", args.address]
     if args.detach:
-        return 0
-    print("Ctrl-C stops it", flush=True)
+        cmd.append("--non-blocking")
     try:
-        while True:
-            time.sleep(1)
+        return subprocess.call(cmd)
     except KeyboardInterrupt:
-        serve.shutdown()
-    return 0
+        return 0
 
 
 # ---------------------------------------------------------------------------- the parser

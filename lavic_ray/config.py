@@ -171,6 +171,8 @@ class SmallModelConfig(Strict):
     vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
+    cpus: float | None = Field(None, gt=0, description="CPUs of the Ray task that builds it (None: every CPU Ray has "
+                                                      "free); it builds on CPU")
 
 
 #: The placeholders each prompt template may use (``{image}``: an item's 5 vector slots; ``{context}``: the
@@ -279,6 +281,11 @@ class StageConfig(Strict):
     num_workers: int = Field(1, ge=1, description="Ray Train workers (1 process each)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(1.0, gt=0)
+    placement: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
+        "PACK", description="the Ray Train workers' placement group: STRICT_PACK keeps a multi-GPU run on one node "
+                            "(NVLink, one shared-memory copy), SPREAD over nodes, PACK packs where it can")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="torch.distributed backend (auto: nccl on GPUs, "
+                                                                         "gloo on CPUs)")
     elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when CPUs of "
                                                      "its node fall idle (a run beside it finished), up to the node's")
     log_every: int = Field(10, ge=1)
@@ -349,6 +356,20 @@ class JobConfig(Strict):
     max_failures: int = Field(1, ge=0, description="Ray Train worker failures a run survives (from its last checkpoint)")
     variants: list[VariantName] = Field(list(VARIANTS), min_length=1, description="the pipeline job and the quickstart: "
                                         "the stage-2 variants they train and evaluate")
+
+
+class PlacementConfig(Strict):
+    """Where CPU-only work lands on a cluster of CPU and GPU nodes."""
+
+    cpu_resource: str | None = Field(
+        None, description="a custom resource only the CPU worker nodes advertise (KubeRay rayStartParams resources, "
+                          "the launcher's node resources): preprocess, the Tune trials' drivers and the Serve ingress and "
+                          "retriever request 0.01 of it, so they run there and leave the GPU nodes to model work; None: "
+                          "anywhere (one machine)")
+
+    def cpu_resources(self) -> dict[str, float]:
+        """The extra Ray resources a CPU-only task or actor requests."""
+        return {self.cpu_resource: 0.01} if self.cpu_resource else {}
 
 
 class TrackingConfig(Strict):
@@ -446,6 +467,7 @@ class LavicConfig(Strict):
     describe: DescribeConfig = DescribeConfig()
     embed: EmbedConfig = EmbedConfig()
     prompts: PromptsConfig = PromptsConfig()
+    placement: PlacementConfig = PlacementConfig()
 
     @model_validator(mode="after")
     def _one_seed(self) -> "LavicConfig":

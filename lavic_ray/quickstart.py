@@ -12,6 +12,7 @@ quickstart picks up where it stopped (Ray Train also resumes a half-done stage).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -26,6 +27,7 @@ from lavic_ray.data.validate import validate_root
 from lavic_ray.errors import InvalidInput
 from lavic_ray.eval.evaluate import format_table
 from lavic_ray.eval.methods import BASELINES
+from lavic_ray.runtime import remote_call
 from lavic_ray.variants import VARIANTS
 
 log = logging.getLogger(__name__)
@@ -52,8 +54,13 @@ def quickstart_config(path: str | Path | list | None = None, overrides: list[str
     return load_config([preset, *paths], overrides)
 
 
-def _plot(histories: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
+def _plot(histories: dict[str, list[dict]], path: Path) -> bool:
+    """The training curves as a PNG; False (and no file) without matplotlib (the ``plots`` extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("no training-curve plot: matplotlib is not installed (pip install 'lavic-ray[plots]')")
+        return False
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -74,6 +81,7 @@ def _plot(histories: dict[str, list[dict]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
@@ -87,14 +95,16 @@ def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
             timed("stage 1", workflow.stage1, cfg, art)
         return {}
     items = sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
+    res = cfg.eval.resources  # the probe loads the model: a Ray task where eval.resources says, not the driver
+    run = functools.partial(remote_call, probe_descriptions, num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
     if "before" not in probe:
-        probe["before"] = timed("probe before stage 1", probe_descriptions, cfg, items)
+        probe["before"] = timed("probe before stage 1", run, cfg, items)
         atomic_write_text(art.probe, json.dumps(probe, indent=1))  # kept if stage 1 is interrupted
     if not workflow.stage_done(art.stage1):
         timed("stage 1", workflow.stage1, cfg, art)
         probe.pop("after", None)
     if "after" not in probe:
-        probe["after"] = timed("probe after stage 1", probe_descriptions, cfg, items, art.stage1 / "adapter")
+        probe["after"] = timed("probe after stage 1", run, cfg, items, art.stage1 / "adapter")
     atomic_write_text(art.probe, json.dumps(probe, indent=1))
     return probe
 
@@ -128,11 +138,11 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         report = validate_root(root)
         if not report.ok:
             raise InvalidInput(f"the dataset {root} failed validation:\n" + report.render(20))
-    with console.step(f"{steps[1]} {cfg.model.checkpoint}", 2, n):
-        cfg, art = timed("model", workflow.resolve, cfg, build=True)
-    write_config(art.root, cfg)
     # its own local Ray unless this runs inside a job: never join a cluster someone else started on this machine
     ensure_ray("local")
+    with console.step(f"{steps[1]} {cfg.model.checkpoint}", 2, n):
+        cfg, art = timed("model", workflow.resolve, cfg, build=True)  # a Ray task: the driver loads no model
+    write_config(art.root, cfg)
 
     with console.step(steps[2], 3, n):
         probe = _probe(cfg, art, timed)
@@ -149,11 +159,11 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         for name, r in runs.items():
             histories[f"stage2 {name}"] = json.loads((Path(r.stage2_dir) / "history.json").read_text())
         art.report.mkdir(parents=True, exist_ok=True)
-        _plot(histories, art.report / "training_curves.png")
+        plotted = _plot(histories, art.report / "training_curves.png")
         for name in runs:
             results[name].update(_verdict(histories[f"stage2 {name}"]))
         timings["total"] = round(time.monotonic() - t_start, 1)
-        _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories)
+        _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted)
     console.line(format_table(results))
     for name in runs:
         if results[name]["learned"] is False:
@@ -188,7 +198,7 @@ def _probe_lines(probe: dict) -> list[str]:
     ]
 
 
-def _write_report(art, cfg, results, probe, timings, dataset, histories) -> None:
+def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted: bool = True) -> None:
     from lavic_ray.model.formulations import make_formulation
 
     catalog = dataset.catalog()
@@ -223,7 +233,7 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories) -> None
         *[_verdict_row(v, results[v]) for v in variants], "",
         *(_probe_lines(probe) if probe else []),
         *(_target_lines(hr, gap, head, timings) if gap is not None else []),
-        "![training curves](training_curves.png)", "",
+        "![training curves](training_curves.png)" if plotted else "(no training-curve plot: matplotlib is not installed)", "",
         "## Timings (s)", "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], "",
     ]
     atomic_write_text(art.report / "report.md", "\n".join(lines) + "\n")

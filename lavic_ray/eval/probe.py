@@ -56,7 +56,8 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
     if truth is None:
         raise InputMissing(f"the probe needs the attribute truth of a synthetic catalog: {dataset.truth} is missing")
     catalog = dataset.catalog()
-    model, ck = build_lavic(cfg.model, adapter=adapter)
+    device = cfg.eval.resources.resolved_device()
+    model, ck = build_lavic(cfg.model, adapter=adapter, device=device)
     builder = prompt_builder(ck, cfg.prompts)
 
     colours = {c: (c,) for c in COLOURS}
@@ -67,7 +68,7 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
         items = [catalog[i] for i in chunk]
         px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path if it.primary_image else None for it in items],
                                          cfg.model.missing_image)
-        vectors = model.image_vectors(px, sizes, present)
+        vectors = model.image_vectors(px.to(device), sizes.to(device), present.to(device))
         texts = generate_batch(model, builder, [builder.stage1(it.title, None, it.item_id) for it in items],
                                lambda keys: vectors, max_new_tokens)
         for item_id, text in zip(chunk, texts):

@@ -68,6 +68,15 @@ class Recommender:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
             return self.formulation.score(self.model, self.builder, requests, self.lookup, self.max_rows, self.sharing)
 
+    def generate(self, requests: Sequence[Request], max_new_tokens: int = 16) -> list[str]:
+        """The answer decoded greedily after each request's listwise prompt (a listwise run's free generation)."""
+        from lavic_ray.model.scoring import generate_batch
+
+        device = next(self.model.parameters()).device
+        prompts = [self.builder.listwise(conv, cands, None) for conv, cands in requests]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            return generate_batch(self.model, self.builder, prompts, self.lookup, max_new_tokens)
+
     def describe(self) -> dict:
         s = self.cfg.stage2
         return {"stage2_dir": str(self.stage2_dir), "checkpoint": self.cfg.model.checkpoint, "formulation": self.formulation.name,

@@ -62,8 +62,19 @@ def _full_token_batch(ck: Checkpoint, titles_desc: list[tuple[str, str]], px: to
     return E, M, L
 
 
+def _progress(path: Path | None, phase: str, step: int, total: int, loss: float) -> None:
+    """The build's ``progress.json`` (it may run as a Ray task: the console of the command that started it reads this)."""
+    if path is not None:
+        import json
+
+        from lavic_ray.artifacts import atomic_write_text
+
+        atomic_write_text(path, json.dumps({"step": step, "total": total, "status": f"{phase}, loss {loss:.3f}"}))
+
+
 def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 40, lr: float = 1e-3, batch_size: int = 64,
-                                seed: int = 0, feature_layer: int = -2, autocast: bool = False) -> list[float]:
+                                seed: int = 0, feature_layer: int = -2, autocast: bool = False,
+                                progress_file: Path | None = None) -> list[float]:
     """CLIP-style pretraining of the fresh vision tower against a frozen text encoder (LiT).
 
     LLaVA starts from a CLIP-pretrained tower; none installs offline here, so the
@@ -121,6 +132,7 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
             history.append(total / max(count, 1))
             bar.update(1)
             bar.set_postfix_str(f"loss {history[-1]:.3f}", refresh=False)
+            _progress(progress_file, "vision tower, contrastive (epochs)", epoch + 1, epochs, history[-1])
             if (epoch + 1) % 10 == 0 or epoch + 1 == epochs:
                 log.info("small-model vision tower (contrastive): epoch %d/%d loss %.4f (%.0f s)", epoch + 1, epochs, history[-1], time.monotonic() - t0)
     tower.eval()
@@ -137,7 +149,7 @@ def cpu_bf16_is_native() -> bool:
 
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, llm_lora_r: int = 16,
-                      autocast: bool | None = None) -> list[float]:
+                      autocast: bool | None = None, progress_file: Path | None = None) -> list[float]:
     """Train the vision tower + projector (full parameters); the LLM frozen, or tuned with LoRA.
 
     With ``llm_lora_r > 0`` the language model is tuned too, through a LoRA adapter
@@ -203,6 +215,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
                 step += 1
                 bar.update(1)
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
+                _progress(progress_file, "full image tokens -> description (steps)", step, steps, float(loss.detach()))
                 if step % 10 == 0 or step == steps:
                     el = time.monotonic() - t0
                     log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss.detach()), el, el / step * (steps - step))
@@ -222,8 +235,10 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
     catalog = Catalog.load(catalog_root)
-    contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed) if contrastive_epochs else []
-    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r)
+    progress = Path(out) / "progress.json"
+    contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed,
+                                              progress_file=progress) if contrastive_epochs else []
+    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r, progress_file=progress)
     out = save_checkpoint(ck, out)
     import json
 

@@ -204,7 +204,7 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
         items = [{"shard": k, "rows": json.dumps(shards[k])} for k in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
             ShardWriter, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=min(pcfg.workers, len(items))),
-            num_cpus=pcfg.cpus_per_worker)
+            num_cpus=pcfg.cpus_per_worker, resources=cfg.placement.cpu_resources() or None)
         done = ds.take_all()
     else:
         writer = ShardWriter(**kwargs)

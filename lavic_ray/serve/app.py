@@ -245,18 +245,62 @@ class ServeConfigApp(BaseModel):
     http_options: dict
 
 
+def load_serve_config(path: str | Path) -> dict:
+    """A Serve config file, checked: readable YAML, a mapping, valid for Serve (``ServeDeploySchema``) and holding
+    a lavic application; every problem is an :class:`InvalidInput` naming the file."""
+    import yaml
+    from pydantic import ValidationError
+    from ray.serve.schema import ServeDeploySchema
+
+    from lavic_ray.errors import InputMissing
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputMissing(f"Serve config {path} not found (run from the repository root, or pass --serve-config)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InvalidInput(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise InvalidInput(f"{path}: a Serve config is a mapping (applications:, http_options: ...), got "
+                           f"{'an empty file' if raw is None else type(raw).__name__}")
+    try:
+        ServeDeploySchema.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()[:5])
+        raise InvalidInput(f"{path}: not a valid Serve config: {problems}") from None
+    if not any(str(a.get("import_path", "")).startswith("lavic_ray.serve.app:") for a in raw.get("applications", [])):
+        raise InvalidInput(f"{path}: no application with import_path lavic_ray.serve.app:build_app")
+    return raw
+
+
+def with_overrides(raw: dict, args: dict | None = None, host: str | None = None, port: int | None = None,
+                   base: str | Path | None = None) -> dict:
+    """The config with the lavic application's ``args`` overridden (validated as :class:`ServeArgs`, paths made
+    absolute against ``base``) and ``http_options`` host/port set; every other field as the file has it."""
+    import copy
+
+    out = copy.deepcopy(raw)
+    app = next(a for a in out["applications"] if str(a.get("import_path", "")).startswith("lavic_ray.serve.app:"))
+    sa = ServeArgs(**{**app.get("args", {}), **(args or {})}).resolved(base)
+    sa.check_paths()
+    app["args"] = sa.model_dump(exclude_none=True)
+    http = out.setdefault("http_options", {})
+    if host:
+        http["host"] = host
+    if port is not None:
+        http["port"] = port
+    return out
+
+
 def read_serve_config(path: str | Path, overrides: dict | None = None, base: str | Path | None = None) -> ServeConfigApp:
-    """The lavic application of a Serve config (``serve_configs/*.yaml``), args overridden and resolved.
+    """The lavic application of a Serve config (``serve_configs/*.yaml``), args overridden and resolved, for
+    building it in Python (benchmarks); ``lavic serve`` hands the whole file to Serve instead.
 
     Relative paths resolve against ``base`` (default: the current directory), as ``serve run`` does.
     """
-    import yaml
-
-    path = Path(path)
-    raw = yaml.safe_load(path.read_text())
+    raw = load_serve_config(path)
     apps = [a for a in raw.get("applications", []) if str(a.get("import_path", "")).startswith("lavic_ray.serve.app:")]
-    if not apps:
-        raise InvalidInput(f"{path}: no application with import_path lavic_ray.serve.app:build_app")
     app = apps[0]
     args = ServeArgs(**{**app.get("args", {}), **(overrides or {})}).resolved(base)
     opts = {}

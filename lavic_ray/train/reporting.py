@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lavic_ray.artifacts import atomic_write_text
+from lavic_ray.errors import InvalidInput
 
 LATEST = "LATEST"
 
@@ -119,7 +120,10 @@ class Tracker:
 
 class TensorBoardTracker(Tracker):
     def __init__(self, logdir: Path, params: dict):
-        from tensorboardX import SummaryWriter
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError as e:
+            raise InvalidInput("tracking.backend=tensorboard needs tensorboardX: pip install 'lavic-ray[tracking]'") from e
 
         self.writer = SummaryWriter(str(logdir))
         self.writer.add_text("config", "\n".join(f"    {k}: {v}" for k, v in params.items()))
@@ -139,7 +143,7 @@ class MLflowTracker(Tracker):
         try:
             import mlflow
         except ImportError as e:
-            raise ImportError("tracking.backend=mlflow needs MLflow: pip install 'lavic-ray[mlflow]'") from e
+            raise InvalidInput("tracking.backend=mlflow needs MLflow: pip install 'lavic-ray[tracking]'") from e
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment)

@@ -64,8 +64,9 @@ def _worker(config: dict) -> None:
     stage = config["stage"]
     scfg = stage_config(cfg, stage)
     # before DeepSpeed is imported: Ray Train does not pass the driver's environment to its workers
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if scfg.use_gpu else "cpu")
     import torch
+
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if scfg.use_gpu and torch.cuda.is_available() else "cpu")
 
     from lavic_ray.train.loop import train
     from lavic_ray.train.reporting import RayReporter
@@ -77,6 +78,12 @@ def _worker(config: dict) -> None:
     reporter = RayReporter()
     out_dir = Path(config["out_dir"])
     train(task, scfg, reporter, out_dir, _tracker(stage, cfg, out_dir) if reporter.rank == 0 else None)
+
+
+def backend(scfg: StageConfig) -> str:
+    """The torch.distributed backend of a run (decided by its config, not by the driver's hardware: a driver on a
+    CPU head starts workers on GPU nodes)."""
+    return scfg.backend if scfg.backend != "auto" else ("nccl" if scfg.use_gpu else "gloo")
 
 
 def absolute_paths(cfg: LavicConfig) -> LavicConfig:
@@ -127,8 +134,9 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
         train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage,
                            "table": str(Path(table).resolve()) if table else None, "out_dir": str(out_dir)},
         scaling_config=ScalingConfig(num_workers=scfg.num_workers, use_gpu=scfg.use_gpu,
-                                     resources_per_worker={"CPU": scfg.cpus_per_worker}),
+                                     resources_per_worker={"CPU": scfg.cpus_per_worker},
+                                     placement_strategy=scfg.placement),
         run_config=run_config,
-        torch_config=TorchConfig(backend="nccl" if scfg.use_gpu else "gloo"),
+        torch_config=TorchConfig(backend=backend(scfg)),
     )
     return trainer.fit()

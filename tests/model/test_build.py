@@ -61,11 +61,12 @@ def test_formulations_registry_matches_the_config():
 
 def test_the_variant_table_drives_config_methods_and_quickstart():
     from lavic_ray.eval.evaluate import METHODS
-    from lavic_ray.quickstart import METHODS as QUICKSTART
+    from lavic_ray.quickstart import methods_of
     from lavic_ray.variants import VARIANTS
 
     assert set(get_args(LavicConfig.model_fields["job"].annotation.model_fields["variant"].annotation)) == set(VARIANTS)
-    assert set(VARIANTS) <= set(METHODS) and set(VARIANTS) <= set(QUICKSTART)
+    everything = load_config(None, ["eval.methods=[lavic-generate]"])
+    assert set(VARIANTS) <= set(METHODS) and set(VARIANTS) | {"lavic-generate"} <= set(methods_of(everything))
     assert {v.name for v in VARIANTS.values() if not v.use_images} == {"lavic-title-only"}
     with pytest.raises(ValueError, match="job.variant"):
         load_config(None, ["job.variant=lavic-xl"])
