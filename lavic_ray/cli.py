@@ -516,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
         return args.fn(args)
     except UserError as e:
         print(f"lavic {args.command}: error: {e}", file=sys.stderr)
+        if getattr(args, "json", False):  # a --json caller parses stdout: the error is there too
+            print(json.dumps({"error": str(e)}))
         return 2
 
 

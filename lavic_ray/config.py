@@ -328,7 +328,7 @@ class Stage2Config(StageConfig):
     """Recommendation fine-tuning (LoRA on the language model)."""
 
     lora: LoraConfig = LoraConfig(r=16, alpha=32, dropout=0.05)
-    lr: float = 2e-4
+    lr: float = Field(2e-4, gt=0)
     epochs: int = 1
     formulation: Literal["listwise", "pointwise"] = "listwise"
     answer: Literal["id", "letter"] = "id"
@@ -506,7 +506,7 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {ov!r}: value is not valid YAML: {e}") from None
+            raise ConfigError(f"override {ov!r}: value is not valid YAML: {yaml_problem(e)}") from None
         set_dotted(tree, key.strip(), value)
     return tree
 
@@ -527,6 +527,13 @@ def _format_validation(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def yaml_problem(e: Exception) -> str:
+    """A YAML parser error in one line: what, and where (line and column)."""
+    mark = getattr(e, "problem_mark", None)
+    what = getattr(e, "problem", None) or str(e).splitlines()[0]
+    return f"{what} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else what
+
+
 def _read_with_includes(p: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path, dict]]:
     """A YAML file and, first, the files its ``include:`` names (relative to it), in merge order."""
     if not p.is_file():
@@ -536,7 +543,7 @@ def _read_with_includes(p: Path, seen: tuple[Path, ...] = ()) -> list[tuple[Path
     try:
         loaded = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{p}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{p}: the top level must be a mapping, got {type(loaded).__name__}")
     include = loaded.pop("include", [])

@@ -21,7 +21,7 @@ from lavic_ray.data.records import (
     Problem,
     split_image_name,
 )
-from lavic_ray.errors import InputMissing, UnknownKey
+from lavic_ray.errors import InputMissing, InvalidInput, UnknownKey
 
 SPLITS = ("train", "valid", "test")
 ITEMS_TRAIN_FILE = "item2meta_train.json"
@@ -37,19 +37,51 @@ TRUTH_FILE = "synth_truth.json"
 # --------------------------------------------------------------------------- JSON lines
 
 
+UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+def _not_a_file(path: Path, what: str) -> Problem | None:
+    """A problem when ``path`` is a directory (or otherwise not a regular file)."""
+    if path.is_dir():
+        return Problem(str(path), 0, "", f"is a directory; expected {what}", "not_a_file")
+    return None
+
+
+def _json_error(e: Exception) -> str:
+    if isinstance(e, RecursionError):
+        return "malformed JSON: nested too deeply (arrays or objects over ~1,000 levels)"
+    return f"malformed JSON: {e.msg} (column {e.colno})"
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, object | None, Problem | None]]:
-    """Yield ``(line_number, parsed_object, problem)`` for each non-blank line."""
-    with open(path, encoding="utf-8") as fh:
+    """Yield ``(line_number, parsed_object, problem)`` for each non-blank line.
+
+    Never raises on bad content: a line that is not UTF-8, not JSON or nested too deeply is a
+    problem naming its line; a UTF-8 byte-order mark is accepted, a UTF-16 file is one problem.
+    """
+    path = Path(path)
+    bad = _not_a_file(path, "a JSON-lines file (one JSON object per line)")
+    if bad:
+        yield 0, None, bad
+        return
+    with open(path, "rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
+            if lineno == 1 and raw[:2] in UTF16_BOMS:
+                yield 1, None, Problem(str(path), 1, "", "the file is UTF-16 (it starts with a UTF-16 byte-order mark): "
+                                                         "save it as UTF-8", "bad_encoding")
+                return
+            try:
+                text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                yield lineno, None, Problem(str(path), lineno, "", f"not UTF-8: byte 0x{raw[e.start]:02x} at column "
+                                                                   f"{e.start + 1}; save the file as UTF-8", "bad_encoding")
+                continue
+            if not text.strip():
                 continue
             try:
-                yield lineno, json.loads(raw), None
-            except json.JSONDecodeError as e:
-                yield lineno, None, Problem(
-                    str(path), lineno, "", f"malformed JSON: {e.msg} at column {e.colno}",
-                    "malformed_json",
-                )
+                yield lineno, json.loads(text), None
+            except (json.JSONDecodeError, RecursionError) as e:
+                yield lineno, None, Problem(str(path), lineno, "", _json_error(e), "malformed_json")
 
 
 def _line_of(text: str, pos: int) -> int:
@@ -60,10 +92,29 @@ def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | Non
     """Yield ``(line, key, value, problem)`` for each member of a top-level JSON object.
 
     ``json.load`` forgets where things are; this scanner decodes member by member
-    so every item of ``item2meta_train.json`` is reported with its line.
+    so every item of ``item2meta_train.json`` is reported with its line. A key given twice
+    (the same item ID twice, which ``json.load`` would silently collapse) is a problem too.
     """
-    text = Path(path).read_text(encoding="utf-8")
+    path = Path(path)
+    bad = _not_a_file(path, "a JSON object mapping item ID to metadata")
+    if bad:
+        yield 0, None, None, bad
+        return
+    data = path.read_bytes()
+    if data[:2] in UTF16_BOMS:
+        yield 1, None, None, Problem(str(path), 1, "", "the file is UTF-16 (it starts with a UTF-16 byte-order mark): "
+                                                       "save it as UTF-8", "bad_encoding")
+        return
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        yield line, None, None, Problem(str(path), line, "", f"not UTF-8: byte 0x{data[e.start]:02x} at column {col}; "
+                                                             "save the file as UTF-8", "bad_encoding")
+        return
     dec = json.JSONDecoder()
+    seen: dict[str, int] = {}
     n = len(text)
 
     def skip_ws(i: int) -> int:
@@ -101,7 +152,16 @@ def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | Non
         except json.JSONDecodeError as e:
             yield _line_of(text, e.pos), key, None, fail(e.pos, f"{e.msg} (in item {key!r})")
             return
-        yield _line_of(text, start), key, value, None
+        except RecursionError:
+            yield _line_of(text, start), key, None, fail(start, f"nested too deeply (in item {key!r})")
+            return
+        line = _line_of(text, start)
+        if key in seen:
+            yield line, key, None, Problem(str(path), line, key, f"item {key!r} is listed twice (first on line {seen[key]}); "
+                                                                 "keep one entry per item", "duplicate_item")
+        else:
+            seen[key] = line
+            yield line, key, value, None
         i = skip_ws(i)
         if i < n and text[i] == ",":
             i = skip_ws(i + 1)
@@ -218,6 +278,8 @@ def read_conversations(path: str | Path, candidate_keys: tuple[str, ...] = REQUI
         DataError: A line is malformed; the message names file, line and field.
     """
     path = Path(path)
+    if path.is_dir():
+        raise InvalidInput(f"{path} is a directory; expected a conversations file ({{train,valid,test}}.jsonl)")
     if not path.is_file():
         raise InputMissing(f"conversations file not found: {path}")
     convs, problems = read_conversations_checked(path, candidate_keys)
@@ -251,6 +313,9 @@ def _check_description_map(value: object, file: str, line: int, problems: list[P
 
 
 def _check_image_name(name: str, item_id: str, file: str, line: int, fld: str, problems: list[Problem]) -> bool:
+    if _has_path(name):
+        problems.append(Problem(file, line, fld, f"image name {name!r} must be a bare file name, not a path", "bad_image_name"))
+        return False
     parsed = split_image_name(name)
     if parsed is None:
         problems.append(Problem(file, line, fld, f"image name {name!r} is not of the form '{{item_id}}_{{k}}.jpg'", "bad_image_name"))
@@ -259,6 +324,11 @@ def _check_image_name(name: str, item_id: str, file: str, line: int, fld: str, p
         problems.append(Problem(file, line, fld, f"image name {name!r} does not belong to item {item_id!r}", "bad_image_name"))
         return False
     return True
+
+
+def _has_path(name: str) -> bool:
+    """A name with directory parts (``../x_0.jpg``, ``a/b_0.jpg``): it would resolve outside the image folders."""
+    return "/" in name or "\\" in name or name in (".", "..") or Path(name).is_absolute()
 
 
 ImageDirs = Union[str, Path, Sequence[Union[str, Path]], None]
@@ -314,7 +384,7 @@ def read_items_checked(root: str | Path, images_dir: ImageDirs = None) -> tuple[
         files = [root]
         base = root.parent
     else:
-        files = [p for p in (root / ITEMS_TRAIN_FILE, root / ITEMS_VALID_FILE) if p.is_file()]
+        files = [p for p in (root / ITEMS_TRAIN_FILE, root / ITEMS_VALID_FILE) if p.exists()]  # a directory is reported
         base = root
     dirs = image_dirs(base, images_dir)
     drafts: dict[str, _ItemDraft] = {}
@@ -346,7 +416,11 @@ def read_items_checked(root: str | Path, images_dir: ImageDirs = None) -> tuple[
                         bad = True
                 if bad:
                     continue
-                parsed = split_image_name(obj["image_name"])
+                parsed = None if _has_path(obj["image_name"]) else split_image_name(obj["image_name"])
+                if parsed is None and _has_path(obj["image_name"]):
+                    problems.append(Problem(fs, lineno, "image_name", f"image name {obj['image_name']!r} must be a bare file "
+                                                                      "name, not a path", "bad_image_name"))
+                    continue
                 if parsed is None:
                     problems.append(Problem(fs, lineno, "image_name", f"image name {obj['image_name']!r} is not of the form '{{item_id}}_{{k}}.jpg'", "bad_image_name"))
                     continue
@@ -447,7 +521,7 @@ def find_conversation_files(root: str | Path) -> dict[str, dict[str, Path]]:
     root = Path(root)
     out: dict[str, dict[str, Path]] = {}
     for d in sorted(p for p in root.iterdir() if p.is_dir()):
-        splits = {s: d / f"{s}.jsonl" for s in SPLITS if (d / f"{s}.jsonl").is_file()}
+        splits = {s: d / f"{s}.jsonl" for s in SPLITS if (d / f"{s}.jsonl").exists()}  # a directory there is reported
         if splits:
             out[d.name] = splits
     return out

@@ -125,6 +125,8 @@ def validate_root(
             convs, problems = read_conversations_checked(path, candidate_keys)
             report.problems.extend(problems)
             report.counts[f"conversations:{domain}/{split}"] = len(convs)
+            if not convs and not problems:
+                report.problems.append(Problem(str(path), 0, "", "the file holds no conversations", "empty_file", "warning"))
             for conv in convs:
                 line = int(conv.conv_id.rsplit(":", 1)[1])
                 fields = [("gt_items", conv.gt_items), ("context_items", conv.context_items)]

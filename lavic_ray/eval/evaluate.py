@@ -7,6 +7,7 @@ The methods are the baselines (:mod:`lavic_ray.eval.methods`) and the LaViC meth
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from lavic_ray.data.records import Conversation
 from lavic_ray.errors import InvalidInput
 from lavic_ray.eval.lavic_methods import LAVIC_METHODS
 from lavic_ray.eval.methods import BASELINES, EvalContext, Method
+
+log = logging.getLogger(__name__)
 from lavic_ray.eval.metrics import Judged, aggregate
 
 #: Every method by name.
@@ -56,6 +59,12 @@ def evaluate(
     rankings = m.rank(convs, candidates_key)
     judged = [Judged.make(c.conv_id, c.gt_items, c.candidate_list(candidates_key), r) for c, r in zip(convs, rankings)]
     metrics = {"method": method, "candidates_key": candidates_key, **aggregate(judged, ctx.config.eval.ks)}
+    if ctx.catalog is not None:  # a ground truth the catalog does not know: likely item metadata from another release
+        unknown = ctx.catalog.missing(g for c in convs for g in c.gt_items)
+        metrics["gt_items_unknown_to_catalog"] = len(unknown)
+        if unknown:
+            log.warning("%d ground-truth item(s) are not in the catalog (e.g. %s): check that the item metadata matches "
+                        "the conversations", len(unknown), ", ".join(unknown[:5]))
     if out_dir is not None:
         out = Path(out_dir)
         write_json(out / "metrics.json", metrics, ctx.config)

@@ -18,6 +18,7 @@ Build it from a Serve config (``serve run``/``serve deploy``,
 
 
 import asyncio
+import json
 import logging
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, ConfigDict
 from ray import serve
 from ray.exceptions import RayActorError
@@ -36,6 +38,7 @@ from lavic_ray.retrieval.base import conversation_query
 from lavic_ray.serve.reranker import Reranker
 from lavic_ray.serve.retriever import Retriever
 from lavic_ray.serve.schema import (
+    ErrorResponse,
     RankedItem,
     RecommendRequest,
     RecommendResponse,
@@ -56,8 +59,19 @@ class RequestError(Exception):
         self.message = message
 
 
-def make_api() -> FastAPI:
-    """A fresh FastAPI app with the error handlers (one per ingress class, see :func:`make_ingress`)."""
+ERROR_RESPONSES = {
+    400: {"model": ErrorResponse, "description": "Malformed body: not JSON, not UTF-8, or not an object."},
+    401: {"model": ErrorResponse, "description": "Missing or wrong bearer token (when the service has one)."},
+    413: {"model": ErrorResponse, "description": "The body is over the service's size limit."},
+    422: {"model": ErrorResponse, "description": "A field to fix: each problem names its field."},
+    500: {"model": ErrorResponse, "description": "This request failed on the server (others are not affected)."},
+    503: {"model": ErrorResponse, "description": "A deployment is unavailable right now: retry shortly."},
+}
+
+
+def make_api(max_request_bytes: int = 1 << 20, token_env: str | None = None) -> FastAPI:
+    """A fresh FastAPI app with the error handlers, the body-size limit and the optional bearer-token check (one
+    per ingress class, see :func:`make_ingress`)."""
     api = FastAPI(
         title="lavic-ray",
         summary="Visually-aware conversational recommendation (LaViC): retrieve candidates, rerank them with the VLM.",
@@ -65,7 +79,69 @@ def make_api() -> FastAPI:
     )
     api.add_exception_handler(RequestValidationError, _validation_error)
     api.add_exception_handler(RequestError, _request_error)
+    api.add_exception_handler(StarletteHTTPException, _http_error)
+    api.add_exception_handler(Exception, _internal_error)
+    api.add_middleware(_Guard, max_bytes=max_request_bytes, token_env=token_env)
     return api
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the bearer token (when ``token_env`` names one; ``/healthz`` stays
+    open for probes) and the body-size limit (413 before the body is parsed, whatever the Content-Length says)."""
+
+    OPEN = ("/healthz",)
+
+    def __init__(self, app, max_bytes: int, token_env: str | None):
+        import os
+
+        self.app, self.max_bytes = app, max_bytes
+        self.token = None
+        if token_env:
+            self.token = os.environ.get(token_env)
+            if not self.token:
+                raise InvalidInput(f"serve args: auth_token_env={token_env} but that environment variable is empty or unset")
+
+    async def _reply(self, send, status: int, message: str, headers: list | None = None) -> None:
+        body = json.dumps({"error": message}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                *(headers or [])]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if self.token and scope.get("path") not in self.OPEN:
+            import hmac
+
+            given = headers.get(b"authorization", b"").decode("latin-1")
+            if not hmac.compare_digest(given, f"Bearer {self.token}"):
+                return await self._reply(send, 401, "send the service's token: Authorization: Bearer <token>",
+                                         [(b"www-authenticate", b"Bearer")])
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            return await self._reply(send, 413, f"the body is {int(length)} bytes; the limit is {self.max_bytes} "
+                                                "(send fewer IDs or a shorter conversation)")
+        seen = 0
+
+        async def limited():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        try:
+            return await self.app(scope, limited, send)
+        except _TooLarge:
+            return await self._reply(send, 413, f"the body is over the limit of {self.max_bytes} bytes")
+
+
+class _TooLarge(Exception):
+    pass
 
 
 async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -75,6 +151,21 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
         return JSONResponse(status_code=400, content={"error": f"malformed JSON body: {where.get('ctx', {}).get('error', where.get('msg'))}"})
     problems = [f"{'.'.join(str(x) for x in e.get('loc', ()) if x != 'body') or 'body'}: {e.get('msg')}" for e in errors]
     return JSONResponse(status_code=422, content={"error": "invalid request: " + "; ".join(problems), "problems": problems})
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """FastAPI's own errors (a body it cannot parse, an unknown route) in the API's shape, saying what to send."""
+    msg = str(exc.detail)
+    if exc.status_code == 400:
+        msg = (f"malformed body ({msg}): send a UTF-8 JSON object with content-type application/json, e.g. "
+               '{"context": "<submission>a teal mug?</submission>", "k": 3}')
+    return JSONResponse(status_code=exc.status_code, content={"error": msg}, headers=getattr(exc, "headers", None))
+
+
+async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("request failed: %s", exc)
+    return JSONResponse(status_code=500, content={"error": "this request failed on the server (logged); other requests "
+                                                           "are not affected - retry, or report it with the request"})
 
 
 async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
@@ -94,13 +185,18 @@ def check_request(req: RecommendRequest, args: ServeArgs, known: set[str] | dict
     if chars > args.max_text_chars:
         raise RequestError(422, f"the conversation has {chars} characters; the limit is {args.max_text_chars} "
                                 "(send the latest turns; older ones are cut first anyway)")
+    if len(req.exclude) > args.max_exclude:
+        raise RequestError(422, f"{len(req.exclude)} excluded IDs; the limit is {args.max_exclude}")
+    if req.candidates is not None and len(req.candidates) > max(args.max_candidates, 1) + len(req.exclude):
+        raise RequestError(422, f"{len(req.candidates)} candidates; the limit is {args.max_candidates}")
     ids = list(req.candidates or []) + list(req.exclude)
     unknown = [i for i in dict.fromkeys(ids) if i not in known]
     if unknown:
         raise RequestError(422, f"unknown item ID(s): {', '.join(unknown[:10])}" + (" ..." if len(unknown) > 10 else "")
                                 + " (not in the served catalog)")
+    excluded = set(req.exclude)
     if req.candidates is not None:
-        cands = [c for c in req.candidates if c not in set(req.exclude)]
+        cands = [c for c in req.candidates if c not in excluded]
         if not cands:
             raise RequestError(422, "no candidates to rerank (the list is empty, or every candidate is excluded)")
         if len(cands) > args.max_candidates:
@@ -110,6 +206,8 @@ def check_request(req: RecommendRequest, args: ServeArgs, known: set[str] | dict
         return turns, cands
     if req.k > args.retrieve_k:
         raise RequestError(422, f"k={req.k} but the service retrieves {args.retrieve_k} candidates: ask for k <= {args.retrieve_k}")
+    if len(excluded) >= len(known):
+        raise RequestError(422, "no candidates to retrieve: every item of the catalog is excluded")
     return turns, None
 
 
@@ -127,23 +225,31 @@ async def _call(method, *a, what: str):
     raise AssertionError("unreachable")
 
 
-def make_ingress():
-    """The ingress deployment, on a FastAPI app of its own.
+def make_ingress(args: ServeArgs | None = None):
+    """The ingress deployment, on a FastAPI app of its own (the body limit and the token from ``args``).
 
     A new class per application build: Serve freezes the app into the class and a
     replica (or Serve's local testing mode) mutates its frozen copy, so nothing may
     be shared between two builds in one process.
     """
-    api = make_api()
+    args = args or ServeArgs(stage2_dir="", catalog="")
+    api = make_api(args.max_request_bytes, args.auth_token_env)
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=128)
     @serve.ingress(api)
     class LavicIngress:
         """FastAPI ingress: validates, retrieves (unless given candidates), reranks, answers."""
 
+        fastapi_app = api  # its routes and OpenAPI spec, for docs and tests
+
         def __init__(self, retriever: DeploymentHandle, reranker: DeploymentHandle, args: ServeArgs):
+            import os
+
             from lavic_ray.data.layout import Catalog
 
+            if args.auth_token_env and not os.environ.get(args.auth_token_env):  # fail at start, not on the first request
+                raise InvalidInput(f"serve args: auth_token_env={args.auth_token_env}, but that environment variable is "
+                                   "empty or unset in the replica (a Kubernetes Secret, or the app's runtime_env)")
             self.retriever = retriever
             self.reranker = reranker
             self.args = args
@@ -151,18 +257,23 @@ def make_ingress():
             self.titles = {it.item_id: it.title for it in catalog}
             log.info("ingress ready over %d items", len(self.titles))
 
-        @api.get("/healthz")
+        @api.get("/healthz", responses={503: ERROR_RESPONSES[503]})
         async def healthz(self) -> dict:
             """Up and serving (the catalog size is what clients can name)."""
             return {"status": "ok", "items": len(self.titles)}
 
-        @api.get("/info")
+        @api.get("/info", responses={k: ERROR_RESPONSES[k] for k in (401, 503)})
         async def info(self) -> dict:
-            """What is served: the stage-2 run, its formulation, the reranker replica that answered."""
-            return {"reranker": await _call(self.reranker.info, what="reranker"), "retrieve_k": self.args.retrieve_k,
-                    "max_candidates": self.args.max_candidates, "retriever": self.args.retriever}
+            """What is served: the stage-2 run's formulation and limits (server paths and process IDs only with the
+            operator setting ``info_details``)."""
+            reranker = await _call(self.reranker.info, what="reranker")
+            if not self.args.info_details:
+                reranker = {k: v for k, v in reranker.items() if k not in PRIVATE_INFO}
+            return {"reranker": reranker, "retrieve_k": self.args.retrieve_k, "max_candidates": self.args.max_candidates,
+                    "max_exclude": self.args.max_exclude, "max_text_chars": self.args.max_text_chars,
+                    "max_request_bytes": self.args.max_request_bytes, "retriever": self.args.retriever}
 
-        @api.post("/recommend", response_model=RecommendResponse)
+        @api.post("/recommend", response_model=RecommendResponse, responses=ERROR_RESPONSES)
         async def recommend(self, body: RecommendRequest) -> RecommendResponse:
             """Rank catalog items for a conversation (resend the whole conversation on every turn)."""
             t0 = time.perf_counter()
@@ -196,6 +307,8 @@ def make_ingress():
 
 
 DEPLOYMENT_NAMES = ("LavicIngress", "Retriever", "Reranker")
+#: What /info leaves out unless ``info_details``: where things are on the servers.
+PRIVATE_INFO = ("stage2_dir", "checkpoint", "pid", "device", "threads")
 
 
 def build_app(args: ServeArgs) -> serve.Application:
@@ -226,7 +339,7 @@ def compose_app(args: ServeArgs | dict, options: dict[str, dict] | None = None,
     unknown = set(options) - set(DEPLOYMENT_NAMES)
     if unknown:
         raise InvalidInput(f"unknown deployment(s) {sorted(unknown)}; the application has {list(DEPLOYMENT_NAMES)}")
-    classes = {"LavicIngress": make_ingress(), "Retriever": Retriever, "Reranker": reranker.options(name="Reranker") if reranker else Reranker}
+    classes = {"LavicIngress": make_ingress(args), "Retriever": Retriever, "Reranker": reranker.options(name="Reranker") if reranker else Reranker}
     dep = {name: d.options(**options[name]) if name in options else d for name, d in classes.items()}
     retriever = dep["Retriever"].bind(args.catalog, args.index, args.retriever, args.sbert_model, args.retrieve_batch_size)
     reranker = dep["Reranker"].bind(args.stage2_dir, args.table, args.device, args.dtype, args.checkpoint,
@@ -260,7 +373,9 @@ def load_serve_config(path: str | Path) -> dict:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise InvalidInput(f"{path}: not valid YAML: {e}") from None
+        from lavic_ray.config import yaml_problem
+
+        raise InvalidInput(f"{path}: not valid YAML: {yaml_problem(e)}") from None
     if not isinstance(raw, dict):
         raise InvalidInput(f"{path}: a Serve config is a mapping (applications:, http_options: ...), got "
                            f"{'an empty file' if raw is None else type(raw).__name__}")

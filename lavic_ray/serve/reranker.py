@@ -16,6 +16,9 @@ import os
 from ray import serve
 
 from lavic_ray.data.records import Turn
+from lavic_ray.serve.batching import isolated, unwrap
+
+HEALTH_CONVERSATION = "<submission>health check</submission>"
 
 log = logging.getLogger(__name__)
 
@@ -34,19 +37,25 @@ class Reranker:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.core = Recommender(stage2_dir, table, device=device, dtype=dtype, checkpoint=checkpoint)
+        some = self.core.table.ids[0] if self.core.table is not None and len(self.core.table) else "B000000000"
+        self.probe = (some, "health check")
         self._rerank_batch.set_max_batch_size(batch_size)
         self._rerank_batch.set_batch_wait_timeout_s(batch_wait_s)
         self.batches = 0
         log.info("reranker ready: %s", self.core.describe())
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
-    async def _rerank_batch(self, requests: list[tuple[str | list[Turn], list[tuple[str, str]]]]) -> list[list[float]]:
+    async def _rerank_batch(self, requests: list[tuple[str | list[Turn], list[tuple[str, str]]]]) -> list:
         self.batches += 1
-        return await asyncio.get_running_loop().run_in_executor(None, self.core.score, requests)
+        return await asyncio.get_running_loop().run_in_executor(None, isolated, self.core.score, requests, "reranker")
 
     async def rerank(self, conv: str | list[Turn], candidates: list[tuple[str, str]]) -> list[float]:
         """Scores of the candidates for a conversation (its raw context text, or its turns)."""
-        return await self._rerank_batch((conv, candidates))
+        return unwrap(await self._rerank_batch((conv, candidates)))
 
     def info(self) -> dict:
         return {**self.core.describe(), "pid": os.getpid(), "batches": self.batches}
+
+    def check_health(self) -> None:
+        """Serve's health check: the model answers a one-candidate request (a replica that cannot is replaced)."""
+        self.core.score([(HEALTH_CONVERSATION, [self.probe])])

@@ -12,6 +12,8 @@ import logging
 
 from ray import serve
 
+from lavic_ray.serve.batching import isolated, unwrap
+
 log = logging.getLogger(__name__)
 
 
@@ -51,9 +53,16 @@ class Retriever:
         self._search_batch.set_max_batch_size(batch_size)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _search_batch(self, requests: list[tuple[str, int, list[str]]]) -> list[list[tuple[str, float]]]:
+    async def _search_batch(self, requests: list[tuple[str, int, list[str]]]) -> list:
+        return await asyncio.get_running_loop().run_in_executor(None, isolated, self._search, requests, "retriever")
+
+    def _search(self, requests: list[tuple[str, int, list[str]]]) -> list[list[tuple[str, float]]]:
         queries, ks, excludes = (list(x) for x in zip(*requests))
-        return await asyncio.get_running_loop().run_in_executor(None, self.core.search, queries, ks, excludes)
+        return self.core.search(queries, ks, excludes)
 
     async def search(self, query: str, k: int, exclude: list[str] | None = None) -> list[tuple[str, float]]:
-        return await self._search_batch((query, k, list(exclude or [])))
+        return unwrap(await self._search_batch((query, k, list(exclude or []))))
+
+    def check_health(self) -> None:
+        """Serve's health check: the index answers a query (a replica that cannot is replaced)."""
+        self.core.search(["health check"], [1], [[]])

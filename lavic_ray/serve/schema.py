@@ -25,42 +25,87 @@ ROLES: dict[str, Literal["submission", "comment"]] = {
 }
 
 
+#: The most IDs any list of a request may hold (before the service's own, lower limits): bounds the work of
+#: validating a request whatever its size.
+MAX_LIST = 1000
+
+
+def clean_text(text: str, where: str) -> str:
+    """Text a tokenizer can take: NUL characters dropped; a lone UTF-16 surrogate (not valid Unicode, and a
+    tokenizer error later) rejected here, naming where it is."""
+    text = text.replace("\x00", "")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"{where} is not valid Unicode: a lone surrogate {text[e.start]!r} at character {e.start}; "
+                         "send UTF-8 text") from None
+    return text
+
+
+def _repeated(ids: list[str]) -> list[str]:
+    from collections import Counter
+
+    return sorted(i for i, n in Counter(ids).items() if n > 1)
+
+
 class TurnIn(BaseModel):
     """One turn: ``user``/``submission``/``seeker`` or ``assistant``/``comment``/``recommender``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     role: Literal["user", "submission", "seeker", "assistant", "comment", "recommender"]
     text: str
+
+    @field_validator("text")
+    @classmethod
+    def _valid_text(cls, v):
+        return clean_text(v, "the turn's text")
 
 
 class RecommendRequest(BaseModel):
     """``POST /recommend``: a conversation, how many items, and optionally the candidates to rerank."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [
         {"context": "<submission>Looking for a mug with a striped pattern in teal.</submission>", "k": 5},
         {"turns": [{"role": "user", "text": "A teal striped mug?"}], "k": 3,
          "candidates": ["B0AAAAAAAA", "B0BBBBBBBB", "B0CCCCCCCC"]},
     ]})
     context: str | None = Field(None, description="The conversation as text with <submission>/<comment> turns "
                                                   "(plain text counts as one user turn). Give this or `turns`.")
-    turns: list[TurnIn] | None = Field(None, description="The conversation as a list of turns. Give this or `context`.")
-    k: int = Field(10, ge=1, description="How many items to return (at most the number of candidates).")
-    candidates: list[str] | None = Field(None, description="Item IDs to rerank; retrieval is skipped when given.")
-    exclude: list[str] = Field(default_factory=list, description="Item IDs never to return (e.g. shown on earlier turns).")
+    turns: list[TurnIn] | None = Field(None, max_length=MAX_LIST, description="The conversation as a list of turns. "
+                                                                             "Give this or `context`.")
+    k: int = Field(10, ge=1, description="How many items to return (at most the number of candidates); an integer.")
+    candidates: list[str] | None = Field(None, max_length=MAX_LIST, description="Item IDs to rerank; retrieval is "
+                                                                                 "skipped when given.")
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_LIST,
+                               description="Item IDs never to return (e.g. shown on earlier turns).")
+
+    @field_validator("context")
+    @classmethod
+    def _valid_context(cls, v):
+        return None if v is None else clean_text(v, "context")
 
     @field_validator("candidates")
     @classmethod
     def _no_duplicates(cls, v):
-        if v is not None and len(set(v)) != len(v):
-            dup = sorted({i for i in v if v.count(i) > 1})
-            raise ValueError(f"candidate IDs must be unique; repeated: {', '.join(dup[:5])}")
+        if v is not None:
+            dup = _repeated(v)
+            if dup:
+                raise ValueError(f"candidate IDs must be unique; repeated: {', '.join(dup[:5])}")
         return v
 
     def conversation(self) -> list[Turn]:
-        """The turns, whichever way they were given (validated by the ingress)."""
+        """The turns with text, whichever way they were given (validated by the ingress): turns that are only
+        tags or whitespace are dropped, so a conversation of nothing but those is empty."""
         if self.turns is not None:
             return [Turn(ROLES[t.role], t.text.strip()) for t in self.turns if t.text.strip()]
-        return parse_turns(self.context or "")
+        return [t for t in parse_turns(self.context or "") if t.text.strip()]
+
+
+class ErrorResponse(BaseModel):
+    """Every error the API answers: what went wrong and what to fix (``problems``: one line per field, on a 422)."""
+
+    error: str
+    problems: list[str] | None = None
 
 
 class RankedItem(BaseModel):
@@ -96,6 +141,11 @@ class ServeArgs(BaseModel):
     max_candidates: int = Field(20, ge=1, le=100, description="most candidates a client may send")
     max_text_chars: int = Field(8000, ge=1, description="most characters in a conversation")
     max_turns: int = Field(64, ge=1)
+    max_exclude: int = Field(200, ge=0, le=MAX_LIST, description="most IDs a client may exclude")
+    max_request_bytes: int = Field(1 << 20, ge=1024, description="the largest request body accepted (413 above it)")
+    auth_token_env: str | None = Field(None, description="the environment variable holding the bearer token clients "
+                                                         "must send (Authorization: Bearer <token>); None: no auth")
+    info_details: bool = Field(False, description="/info also shows server paths and process IDs (operators only)")
     device: str = "cpu"
     dtype: str | None = Field(None, description="override the run's model dtype (bfloat16 on GPUs)")
     checkpoint: str | None = Field(None, description="override the run's model.checkpoint (same weights elsewhere)")
