@@ -111,7 +111,7 @@ def main() -> int:
         Path(a.out).write_text(json.dumps({"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}",
                                            "command": " ".join(sys.argv), "vary": a.vary, "runs": rows}, indent=1))
     ok = [r for r in rows if "test_hr@1" in r]
-    print("\n| seed | minutes | lavic | title-only | gap | stage-2 steps (lavic) | learned | probe after (colour/pattern) |")
+    print("\n| seed | minutes | lavic | title-only | gap | stage-2 steps (lavic) | learned | probe after (decisive attributes) |")
     print("|---|---|---|---|---|---|---|---|")
     for r in ok:
         t = r["test_hr@1"]
@@ -119,7 +119,7 @@ def main() -> int:
         s2 = r.get("stage2", {}).get("lavic", {})
         pr = r.get("probe", {}).get("after", {})
         print(f"| {r['seed']} | {r['minutes']} | {t['lavic']:.3f} | {t.get('lavic-title-only', float('nan')):.3f} | {gap:+.3f} "
-              f"| {s2.get('steps')} | {s2.get('learned')} | {pr.get('colour_accuracy')}/{pr.get('pattern_accuracy')} |")
+              f"| {s2.get('steps')} | {s2.get('learned')} | {' / '.join(f'{k[:-9]} {v}' for k, v in pr.items())} |")
     if ok:
         hr = [r["test_hr@1"]["lavic"] for r in ok]
         print(f"\nlavic test HR@1: mean {statistics.mean(hr):.3f}, min {min(hr):.3f}, max {max(hr):.3f}; "

@@ -68,7 +68,11 @@ class SynthConfig(Strict):
     items: int = Field(400, ge=48, description="catalog size")
     conversations: int = Field(600, ge=20, description="conversations over all three splits")
     domain: str = "synthetic"
-    image_size: int = Field(672, ge=336, description="square image side; >= 2x336 gives LLaVA-Next 5 views")
+    scheme: Literal["products", "gadgets"] = Field(
+        "products", description="what the catalog is made of: 'products' (mugs, t-shirts, ...; decisive colour and pattern) "
+                                "or 'gadgets' (bottles, clocks, ...; decisive motif and build, colour a distractor)")
+    image_size: int | None = Field(None, ge=112, description="square image side; None: the scheme's (products 672, which "
+                                                             "gives LLaVA-Next 5 views; gadgets 336)")
     jpeg_quality: int = Field(90, ge=50, le=100)
     split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
     #: Disjoint item pools: a split's ground truth and candidates come from its own pool,
@@ -274,6 +278,9 @@ class StageConfig(Strict):
     lr: float = Field(5e-5, gt=0)
     weight_decay: float = Field(1e-5, ge=0)
     warmup_steps: int = Field(0, ge=0)
+    lr_decay: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="after the warmup: a constant learning rate (the reference's), or one decaying to 0 at "
+                                "the last step (max_steps, or the epochs' steps)")
     epochs: int = Field(5, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
     max_length: int = Field(1024, ge=32)
@@ -334,6 +341,11 @@ class Stage2Config(StageConfig):
     answer: Literal["id", "letter"] = "id"
     negatives: int = Field(9, ge=1, description="pointwise: negatives per positive, drawn from its candidate list "
                                                 "(scored together after one shared conversation prefix)")
+    negative_sampling: Literal["random", "visual"] = Field(
+        "random", description="pointwise: which of the list's candidates are a positive's negatives: 'random', or 'visual' "
+                              "= those whose item vectors are the most alike the positive's (cosine of the mean of the 5 "
+                              "vectors): items told apart only by what the conversation says about their look; a "
+                              "title-only run has no vectors and draws at random")
     pointwise_loss: Literal["yes_no", "ranking", "both"] = Field(
         "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate; 'ranking' = softmax over a "
                               "sample's candidates of log P(yes) - log P(no), the score candidates are ranked by; 'both' = their sum")

@@ -85,7 +85,8 @@ def _plot(histories: dict[str, list[dict]], path: Path) -> bool:
 
 
 def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
-    """Stage 1 between two probes of colour/pattern words generated from the 5 vectors (synthetic data only)."""
+    """Stage 1 between two probes of the decisive attributes' words in descriptions generated from the 5 vectors
+    (synthetic data only)."""
     from lavic_ray.eval.probe import probe_descriptions
 
     truth = workflow.dataset(cfg).attribute_truth()
@@ -191,12 +192,14 @@ def _verdict(history: list[dict]) -> dict:
 
 
 def _probe_lines(probe: dict) -> list[str]:
+    attrs = probe["after"].get("attributes", ["colour", "pattern"])
     return [
         "## Stage 1: is the image in the 5 vectors?", "",
-        "Descriptions generated from the title + 5 vectors of 40 test-pool items; share naming the true colour / pattern first:", "",
-        "| | colour | pattern |", "|---|---|---|",
-        f"| before stage 1 | {probe['before']['colour_accuracy']:.3f} | {probe['before']['pattern_accuracy']:.3f} |",
-        f"| after stage 1 | {probe['after']['colour_accuracy']:.3f} | {probe['after']['pattern_accuracy']:.3f} |", "",
+        f"Descriptions generated from the title + 5 vectors of {probe['after']['items']} test-pool items; share naming "
+        f"the true {' / '.join(attrs)} first:", "",
+        "| | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs),
+        *[f"| {when} stage 1 | " + " | ".join(f"{probe[key][f'{a}_accuracy']:.3f}" for a in attrs) + " |"
+          for when, key in (("before", "before"), ("after", "after"))], "",
         "Examples after stage 1:", "",
         *[f"- {e['item_id']} (truth: {e['truth']}): {e['generated'][:200]}" for e in probe["after"]["examples"]], "",
     ]
@@ -229,8 +232,6 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted
     if ablations:
         lines += ["Stayed at chance: " + ", ".join(f"`{v}`" for v in ablations) + " - an ablation without what decides "
                   "on this dataset does.", ""]
-    lines += ["**Stage 2 did not learn** for " + ", ".join(f"`{v}`" for v in stuck) + ": its best validation HR@1 is not "
-                  "above chance (see the curves below); its test figures are those of an untrained reranker.", ""]
     lines += [
         f"LaViC rows: stage 2 **{make_formulation(s2).describe()}**"
         f", {s2.epochs} epoch(s), lr {s2.lr}, LoRA r {s2.lora.r}; scores are likelihoods, so ValidRatio is 1 by construction.", "",

@@ -222,3 +222,28 @@ def test_every_claim_the_pods_mount_is_defined_and_shared():
 def test_multi_gpu_training_is_kept_on_one_node():
     cfg = load_config(CONFIGS / "pipeline_7b.yaml")
     assert cfg.stage1.placement == cfg.stage2.placement == "STRICT_PACK"
+
+
+def test_the_service_requires_a_token_from_a_secret_where_its_ingress_runs():
+    rs = _load(CLUSTER / "kuberay" / "rayservice.yaml")
+    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+    var = app["args"]["auth_token_env"]
+    ingress = next(d for d in app["deployments"] if d["name"] == "LavicIngress")
+    marker = next(iter(ingress["ray_actor_options"]["resources"]))  # the ingress lands on the group advertising it
+    groups = [g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"] if marker in g["rayStartParams"].get("resources", "")]
+    assert groups
+    for g in groups:
+        env = {e["name"]: e for c in g["template"]["spec"]["containers"] for e in c.get("env", [])}
+        assert env[var]["valueFrom"]["secretKeyRef"] == {"name": "lavic-api", "key": "token"}
+    assert var not in app["runtime_env"].get("env_vars", {})  # never written into the config itself
+
+
+def test_the_head_admits_ray_pods_and_the_operator_and_serves_8000_to_all():
+    np = _load(CLUSTER / "kuberay" / "networkpolicy.yaml")
+    assert np["kind"] == "NetworkPolicy" and np["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    assert np["spec"]["policyTypes"] == ["Ingress"]
+    open_ports = {p["port"] for r in np["spec"]["ingress"] if "from" not in r for p in r.get("ports", [])}
+    assert open_ports == {8000}  # the dashboard (8265) and GCS (6379) only from the selected peers
+    for r in np["spec"]["ingress"]:
+        if "from" in r:
+            assert r["from"] and all(("podSelector" in f) or ("namespaceSelector" in f) for f in r["from"])

@@ -113,6 +113,19 @@ class Dataset:
             return []
         return read_conversations(path, candidate_keys)
 
+    def attribute_vocabulary(self) -> dict[str, dict[str, list[str]]] | None:
+        """For a synthetic catalog: per decisive attribute and value, the words a description names it by
+        (``synth_manifest.json``; a manifest from before the vocabulary was written: the default scheme's).
+        None for real data."""
+        if not self.manifest.is_file():
+            return None
+        data = json.loads(self.manifest.read_text())
+        if "vocabulary" in data:
+            return data["vocabulary"]
+        from lavic_ray.data.synthetic import PRODUCTS
+
+        return {a: {v: list(w) for v, w in vals.items()} for a, vals in PRODUCTS.vocabulary.items()}
+
     def attribute_truth(self) -> dict[str, dict] | None:
         """``item_id -> {attribute: value, ..., "pool": split}`` for a synthetic catalog; None for real data."""
         if not self.truth.is_file():

@@ -2,11 +2,14 @@
 
 What makes it a fair test of a visually aware recommender:
 
-* Every item has a category (in its title) and a colour, a pattern and an emblem
-  shape (only in its image and its teacher description). Titles are drawn
-  independently of those attributes, so no title says anything about them.
-* Each conversation asks for a category in a colour and a pattern. Its ground
-  truth is every item of its split's pool with that category, colour and pattern,
+* Every item has a category (in its title) and visual attributes (only in its
+  image and its teacher description). Titles are drawn independently of those
+  attributes, so no title says anything about them. Two schemes (``synth.scheme``):
+  ``products`` (the default: mugs, t-shirts, vases, ...; decisive colour and pattern,
+  a non-decisive emblem shape; 672 px) and ``gadgets`` (:mod:`lavic_ray.data.gadgets`:
+  other objects; decisive motif and build, a non-decisive body colour; 336 px).
+* Each conversation asks for a category with the decisive attributes. Its ground
+  truth is every item of its split's pool with that category and those attributes,
   so no distractor is an equally valid answer.
 * Items are split into disjoint pools (train / valid / test). A split's ground
   truth and candidates come from its own pool: valid and test ground-truth items
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import itertools
 import random
 import string
 import time
@@ -42,6 +46,7 @@ from lavic_ray.data.layout import (
     MANIFEST_FILE,
     TRUTH_FILE,
 )
+from lavic_ray.data import gadgets
 from lavic_ray.data.records import Turn, format_turns, plain_text
 from lavic_ray.data.render import (
     COLOURS,
@@ -154,16 +159,22 @@ _FOLLOWUPS = (
 class SynthItem:
     item_id: str
     category: str
-    colour: str
-    pattern: str
-    emblem: str
+    #: (attribute, value) in the scheme's order: the decisive ones first, then the others
+    attrs: tuple[tuple[str, str], ...]
     title: str
     pool: str
     n_images: int
+    #: how many of ``attrs`` are decisive
+    n_decisive: int = 2
 
     @property
-    def key(self) -> tuple[str, str, str]:
-        return (self.category, self.colour, self.pattern)
+    def attributes(self) -> dict[str, str]:
+        return dict(self.attrs)
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What a request asks for: the category and the decisive attributes."""
+        return (self.category, *(v for _, v in self.attrs[: self.n_decisive]))
 
 
 # ---------------------------------------------------------------- pieces
@@ -194,16 +205,17 @@ def make_item_ids(n: int, isbn_fraction: float, rng: random.Random) -> list[str]
     return ids
 
 
-def describe(item: SynthItem) -> str:
+def _describe(category: str, attrs: dict[str, str], item_id: str) -> str:
     """The teacher description: what the image shows (colour, pattern, emblem, category)."""
-    rng = random.Random(f"desc:{item.item_id}")
-    return rng.choice(_DESC_TEMPLATES).format(c=item.colour, n=item.category, p=PATTERN_TEXT[item.pattern][0], e=item.emblem)
+    rng = random.Random(f"desc:{item_id}")
+    return rng.choice(_DESC_TEMPLATES).format(c=attrs["colour"], n=category, p=PATTERN_TEXT[attrs["pattern"]][0],
+                                             e=attrs["emblem"])
 
 
-def _conversation(target: SynthItem, rng: random.Random) -> list[Turn]:
-    ask = rng.choice(CATEGORY_TEXT[target.category]["asks"])
-    c = target.colour
-    _, with_phrase, adjective = PATTERN_TEXT[target.pattern]
+def _conversation(category: str, attrs: dict[str, str], rng: random.Random) -> list[Turn]:
+    ask = rng.choice(CATEGORY_TEXT[category]["asks"])
+    c = attrs["colour"]
+    _, with_phrase, adjective = PATTERN_TEXT[attrs["pattern"]]
     reason = rng.choice(_REASONS)
     opener = rng.choice(_OPENERS)
     style = rng.randrange(3)
@@ -227,6 +239,77 @@ def _title(category: str, rng: random.Random) -> str:
     return f"{rng.choice(BRANDS)} {rng.choice(t['nouns'])} {rng.choice(t['features'])}, {rng.choice(t['specs'])}"
 
 
+def _render(category: str, attrs: dict[str, str], size: int, seed: str):
+    return render_product(category, attrs["colour"], attrs["pattern"], attrs["emblem"], size, seed=seed)
+
+
+def _corpus_lines() -> list[str]:
+    lines = list(BRANDS) + list(_REASONS) + list(_FOLLOWUPS) + list(_DESC_TEMPLATES)
+    for spec in CATEGORY_TEXT.values():
+        for v in spec.values():
+            lines.extend(v)
+    lines += [" ".join(COLOURS), " ".join(PATTERNS), " ".join(EMBLEMS)]
+    lines += [t for triple in PATTERN_TEXT.values() for t in triple]
+    return lines
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """What a synthetic catalog is made of: its objects, attributes, words and pictures."""
+
+    name: str
+    categories: tuple[str, ...]
+    #: attributes a request asks for (only in the image and its description), with their values
+    decisive: dict[str, tuple[str, ...]]
+    #: attributes every item also has (visible, described), drawn at random, never asked for
+    other: dict[str, tuple[str, ...]]
+    #: per decisive attribute and value: the words a description names it by (the stage-1 probe reads them)
+    vocabulary: dict[str, dict[str, tuple[str, ...]]]
+    #: words that name an attribute: none may appear in a title
+    attribute_words: frozenset
+    image_size: int
+    title: object
+    describe: object
+    conversation: object
+    render: object
+    store: object
+    corpus_lines: object
+
+
+PRODUCTS = Scheme(
+    name="products", categories=tuple(SILHOUETTES), decisive={"colour": tuple(COLOURS), "pattern": PATTERNS},
+    other={"emblem": EMBLEMS},
+    vocabulary={"colour": {c: (c,) for c in COLOURS},
+                "pattern": {"solid": ("solid", "unpatterned", "plain"), "striped": ("stripe",), "polka-dot": ("polka", "dots"),
+                            "checkered": ("checker", "checked")}},
+    attribute_words=ATTRIBUTE_WORDS, image_size=672, title=_title, describe=_describe, conversation=_conversation,
+    render=_render, store=lambda title: next(b for b in BRANDS if title.startswith(b)), corpus_lines=_corpus_lines,
+)
+GADGETS = Scheme(
+    name="gadgets", categories=tuple(gadgets.SILHOUETTES), decisive={"motif": gadgets.MOTIFS, "build": gadgets.BUILDS},
+    other={"colour": tuple(gadgets.BODY_COLOURS)},
+    vocabulary={"motif": gadgets.MOTIF_WORDS, "build": gadgets.BUILD_WORDS},
+    attribute_words=gadgets.ATTRIBUTE_WORDS, image_size=336, title=gadgets.title, describe=gadgets.describe,
+    conversation=gadgets.conversation, render=gadgets.render, store=gadgets.store, corpus_lines=gadgets.corpus_lines,
+)
+#: every scheme by name (``synth.scheme``)
+SCHEMES = {s.name: s for s in (PRODUCTS, GADGETS)}
+
+
+def scheme_of(cfg: SynthConfig) -> Scheme:
+    return SCHEMES[cfg.scheme]
+
+
+def describe(item: SynthItem, scheme: Scheme = PRODUCTS) -> str:
+    """The teacher description of an item: what its image shows."""
+    return scheme.describe(item.category, item.attributes, item.item_id)
+
+
+def image_size(cfg: SynthConfig) -> int:
+    """The image side: ``synth.image_size``, or the scheme's own (products 672, gadgets 336)."""
+    return cfg.image_size or scheme_of(cfg).image_size
+
+
 def _split_counts(total: int, fr) -> dict[str, int]:
     n_train = round(total * fr.train)
     n_valid = round(total * fr.valid)
@@ -236,19 +319,23 @@ def _split_counts(total: int, fr) -> dict[str, int]:
 # ---------------------------------------------------------------- generator
 
 
-def _next_combo(used: list[tuple[str, str]], duplicate_fraction: float, rng: random.Random) -> tuple[str, str]:
-    """A (colour, pattern) for the next item of one category and pool.
+def _next_combo(used: list[tuple[str, ...]], duplicate_fraction: float, rng: random.Random,
+                scheme: Scheme = PRODUCTS) -> tuple[str, ...]:
+    """The decisive attribute values (products: colour, pattern) for the next item of one category and pool.
 
     Combinations are drawn without replacement, so two items of a pool share one
     only by design: a ``duplicate_fraction`` of items copy an earlier item's
     combination, which makes that request's ground truth two items (as in the
     real data, where ~10% of conversations name several).
     """
-    all_combos = [(c, p) for c in COLOURS for p in PATTERNS]
+    all_combos = list(itertools.product(*scheme.decisive.values()))
     if used and rng.random() < duplicate_fraction:
         combo = rng.choice(used)
     else:
-        free = [c for c in all_combos if c not in used] or all_combos
+        free = [c for c in all_combos if c not in used]
+        if not free:  # every combination taken: the least used ones, so no request gets many answers
+            counts = {c: used.count(c) for c in all_combos}
+            free = [c for c in all_combos if counts[c] == min(counts.values())]
         combo = rng.choice(free)
     used.append(combo)
     return combo
@@ -256,9 +343,10 @@ def _next_combo(used: list[tuple[str, str]], duplicate_fraction: float, rng: ran
 
 def make_items(cfg: SynthConfig) -> list[SynthItem]:
     """The catalog: attributes drawn independently of titles, pools stratified by category."""
+    scheme = scheme_of(cfg)
     rng = random.Random(f"{cfg.seed}:items")
     ids = make_item_ids(cfg.items, cfg.isbn_fraction, rng)
-    cats = list(SILHOUETTES)
+    cats = list(scheme.categories)
     by_cat: dict[str, list[str]] = defaultdict(list)
     for n, item_id in enumerate(ids):
         by_cat[cats[n % len(cats)]].append(item_id)
@@ -268,17 +356,17 @@ def make_items(cfg: SynthConfig) -> list[SynthItem]:
         counts = _split_counts(len(members), cfg.pools)
         pools = ["train"] * counts["train"] + ["valid"] * counts["valid"] + ["test"] * counts["test"]
         titles: set[str] = set()
-        combos: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        combos: dict[str, list[tuple[str, ...]]] = defaultdict(list)
         for item_id, pool in zip(members, pools):
-            title = _title(cat, rng)
+            title = scheme.title(cat, rng)
             while title in titles:
-                title = _title(cat, rng)
+                title = scheme.title(cat, rng)
             titles.add(title)
-            colour, pattern = _next_combo(combos[pool], cfg.duplicate_fraction, rng)
+            decisive = _next_combo(combos[pool], cfg.duplicate_fraction, rng, scheme)
+            attrs = tuple(zip(scheme.decisive, decisive)) + tuple((a, rng.choice(v)) for a, v in scheme.other.items())
             items.append(SynthItem(
-                item_id=item_id, category=cat, colour=colour, pattern=pattern,
-                emblem=rng.choice(EMBLEMS), title=title, pool=pool,
-                n_images=2 if rng.random() < cfg.second_image_fraction else 1,
+                item_id=item_id, category=cat, attrs=attrs, title=title, pool=pool,
+                n_images=2 if rng.random() < cfg.second_image_fraction else 1, n_decisive=len(scheme.decisive),
             ))
     counts = _split_counts(cfg.conversations, cfg.split)
     for pool in ("train", "valid", "test"):
@@ -301,6 +389,7 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> d
             ``index(ids, texts)`` and ``search(queries, k, restrict_to)``): it ranks each pool's
             titles for the conversation's text.
     """
+    scheme = scheme_of(cfg)
     rng = random.Random(f"{cfg.seed}:conversations")
     by_id = {it.item_id: it for it in items}
     retriever.index([it.item_id for it in items], [it.title for it in items])
@@ -322,7 +411,7 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> d
         with_gt = set(range(counts[split])) if split == "train" else set(
             rng.sample(range(counts[split]), round(cfg.gt_in_candidates * counts[split]))
         )
-        convs = [format_turns(_conversation(t, rng)) for t in targets]
+        convs = [format_turns(scheme.conversation(t.category, t.attributes, rng)) for t in targets]
         ranked_all = retriever.search([plain_text(c) for c in convs], k=len(pool), restrict_to=[it.item_id for it in pool])
         rows = []
         for i, (target, context, ranked) in enumerate(zip(targets, convs, ranked_all)):
@@ -377,19 +466,20 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
         if not (out / MANIFEST_FILE).is_file():
             raise OutputExists(f"{out} is not empty and holds no {MANIFEST_FILE}: refusing to overwrite data that lavic synth did not write")
     t0 = time.monotonic()
+    scheme = scheme_of(cfg)
     items = make_items(cfg)
     images = out / IMAGES_DIR
     images.mkdir(parents=True, exist_ok=True)
     for n, it in enumerate(items, start=1):
         for k in range(it.n_images):
-            img = render_product(it.category, it.colour, it.pattern, it.emblem, cfg.image_size, seed=f"{cfg.seed}:{it.item_id}:{k}")
+            img = scheme.render(it.category, it.attributes, image_size(cfg), seed=f"{cfg.seed}:{it.item_id}:{k}")
             tmp = images / f".{it.item_id}_{k}.jpg.tmp"
             img.save(tmp, format="JPEG", quality=cfg.jpeg_quality)
             tmp.replace(images / f"{it.item_id}_{k}.jpg")
         if n % 100 == 0 or n == len(items):
             log.info("rendered %d/%d items", n, len(items))
 
-    desc = {it.item_id: describe(it) for it in items}
+    desc = {it.item_id: describe(it, scheme) for it in items}
     train_meta = {}
     valid_lines = []
     for it in items:
@@ -398,7 +488,7 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
             train_meta[it.item_id] = {
                 "title": it.title,
                 "main_category": it.category,
-                "store": next(b for b in BRANDS if it.title.startswith(b)),
+                "store": scheme.store(it.title),
                 "features": [],
                 DESC_MAP_FIELD: {name: desc[it.item_id] for name in names},
             }
@@ -413,8 +503,7 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
         atomic_write_text(out / cfg.domain / f"{split}.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
     truth = {
-        "items": {it.item_id: {"category": it.category, "colour": it.colour, "pattern": it.pattern,
-                               "emblem": it.emblem, "pool": it.pool} for it in items},
+        "items": {it.item_id: {"category": it.category, **it.attributes, "pool": it.pool} for it in items},
     }
     write_json(out / TRUTH_FILE, truth)
     manifest = {
@@ -431,23 +520,21 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
             s: (sum(any(g in r["candidates_st"] for g in r["gt_items"]) for r in rows) / len(rows) if rows else None)
             for s, rows in convs.items()
         },
-        "attributes": {"colour": list(COLOURS), "pattern": list(PATTERNS), "emblem": list(EMBLEMS),
-                       "category": list(SILHOUETTES)},
-        "decisive_attributes": ["colour", "pattern"],
+        "attributes": {**{a: list(v) for a, v in {**scheme.decisive, **scheme.other}.items()},
+                       "category": list(scheme.categories)},
+        "decisive_attributes": list(scheme.decisive),
     }
+    if scheme is not PRODUCTS:  # (the default's manifest stays as it was)
+        manifest["scheme"] = scheme.name
+        manifest["image_size"] = image_size(cfg)
+    manifest["vocabulary"] = {a: {v: list(w) for v, w in vals.items()} for a, vals in scheme.vocabulary.items()}
     write_json(out / MANIFEST_FILE, manifest)
     write_config(out, cfg)
     log.info("synthetic catalog written to %s in %.1f s", out, time.monotonic() - t0)
     return manifest
 
 
-def corpus_lines() -> list[str]:
+def corpus_lines(scheme: str = "products") -> list[str]:
     """Every text fragment the generator writes (titles, conversations, descriptions, attribute words):
     the corpus the tiny model's tokenizer is trained on, so that any synthetic text encodes compactly."""
-    lines = list(BRANDS) + list(_REASONS) + list(_FOLLOWUPS) + list(_DESC_TEMPLATES)
-    for spec in CATEGORY_TEXT.values():
-        for v in spec.values():
-            lines.extend(v)
-    lines += [" ".join(COLOURS), " ".join(PATTERNS), " ".join(EMBLEMS)]
-    lines += [t for triple in PATTERN_TEXT.values() for t in triple]
-    return lines
+    return SCHEMES[scheme].corpus_lines()

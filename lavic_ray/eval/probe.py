@@ -1,8 +1,10 @@
 """Stage-1 probe: does the image survive compression into 5 vectors?
 
 Descriptions are generated from the title and the 5 vectors alone; the probe
-checks whether each names the image's true colour and pattern (the synthetic
-catalog's ``synth_truth.json``). Run it before and after stage 1.
+checks whether each names the image's true value of every decisive attribute
+(a synthetic catalog's ``synth_truth.json``, and the words its manifest says name
+each value: colour and pattern in the default scheme, motif and build in
+``gadgets``). Run it before and after stage 1.
 """
 
 from __future__ import annotations
@@ -14,11 +16,7 @@ import torch
 
 from lavic_ray.config import LavicConfig
 from lavic_ray.data.dataset import Dataset
-from lavic_ray.data.render import COLOURS
 from lavic_ray.errors import InputMissing
-
-PATTERN_WORDS = {"solid": ("solid", "unpatterned", "plain"), "striped": ("stripe",), "polka-dot": ("polka", "dots"),
-                 "checkered": ("checker", "checked")}
 
 
 def first_mentioned(text: str, vocab: dict[str, tuple[str, ...]]) -> str | None:
@@ -36,7 +34,7 @@ def first_mentioned(text: str, vocab: dict[str, tuple[str, ...]]) -> str | None:
 @torch.no_grad()
 def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Path | None = None,
                        max_new_tokens: int = 32, batch_size: int = 8) -> dict:
-    """Generate descriptions from 5 vectors and score their colour and pattern words.
+    """Generate descriptions from 5 vectors and score the words naming each decisive attribute.
 
     Args:
         cfg: The configuration: ``dataset`` (a synthetic catalog, with its attribute truth) and
@@ -45,7 +43,8 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
         adapter: A stage-1 vision adapter (None: the vision side before stage 1).
 
     Returns:
-        ``colour_accuracy``, ``pattern_accuracy``, ``items`` and a few ``examples``.
+        ``attributes`` (the decisive ones), ``<attribute>_accuracy`` for each (the share of descriptions
+        naming its true value first), ``items`` and a few ``examples``.
     """
     from lavic_ray.model.build import build_lavic, prompt_builder
     from lavic_ray.model.scoring import generate_batch
@@ -53,15 +52,16 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
 
     dataset = Dataset.from_config(cfg.dataset)
     truth = dataset.attribute_truth()
-    if truth is None:
-        raise InputMissing(f"the probe needs the attribute truth of a synthetic catalog: {dataset.truth} is missing")
+    vocab = dataset.attribute_vocabulary()
+    if truth is None or vocab is None:
+        raise InputMissing(f"the probe needs the attribute truth of a synthetic catalog: {dataset.truth} or "
+                           f"{dataset.manifest} is missing")
     catalog = dataset.catalog()
     device = cfg.eval.resources.resolved_device()
     model, ck = build_lavic(cfg.model, adapter=adapter, device=device)
     builder = prompt_builder(ck, cfg.prompts)
 
-    colours = {c: (c,) for c in COLOURS}
-    hits_c = hits_p = 0
+    hits = dict.fromkeys(vocab, 0)
     examples = []
     for start in range(0, len(item_ids), batch_size):
         chunk = item_ids[start: start + batch_size]
@@ -73,9 +73,10 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
                                lambda keys: vectors, max_new_tokens)
         for item_id, text in zip(chunk, texts):
             t = truth[item_id]
-            hits_c += first_mentioned(text, colours) == t["colour"]
-            hits_p += first_mentioned(text, PATTERN_WORDS) == t["pattern"]
+            for attr, words in vocab.items():
+                hits[attr] += first_mentioned(text, words) == t[attr]
             if len(examples) < 3:
-                examples.append({"item_id": item_id, "truth": f"{t['colour']} {t['pattern']}", "generated": text.strip()})
+                examples.append({"item_id": item_id, "truth": " ".join(t[a] for a in vocab), "generated": text.strip()})
     n = max(len(item_ids), 1)
-    return {"items": len(item_ids), "colour_accuracy": hits_c / n, "pattern_accuracy": hits_p / n, "examples": examples}
+    return {"items": len(item_ids), "attributes": list(vocab), **{f"{a}_accuracy": hits[a] / n for a in vocab},
+            "examples": examples}

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def build_lavic(model_cfg: ModelConfig, *, adapter: str | Path | None = None,
                 train_lora: Literal["vision", "llm"] | None = None, lora: LoraConfig | None = None,
                 gradient_checkpointing: bool = False, device: str | None = None, dtype: str | None = None,
-                checkpoint: str | None = None) -> tuple[LaViC, Checkpoint]:
+                checkpoint: str | None = None, merge_adapter: bool = False) -> tuple[LaViC, Checkpoint]:
     """Load the checkpoint and wrap it in LaViC.
 
     Args:
@@ -37,6 +37,8 @@ def build_lavic(model_cfg: ModelConfig, *, adapter: str | Path | None = None,
         device: Where the model goes (``cpu``, ``cuda``, ``cuda:N``; None: CPU).
         dtype: Overrides ``model.dtype``.
         checkpoint: Overrides ``model.checkpoint`` (the same weights elsewhere).
+        merge_adapter: Merge ``adapter`` into the weights (``merge_and_unload``) instead of keeping it as
+            a PEFT wrapper: for inference only.
 
     Returns:
         The LaViC module (in eval mode unless a LoRA is trained) and the loaded checkpoint
@@ -44,6 +46,8 @@ def build_lavic(model_cfg: ModelConfig, *, adapter: str | Path | None = None,
     """
     if train_lora is not None and lora is None:
         raise ValueError("train_lora needs the LoRA settings (lora=...)")
+    if merge_adapter and train_lora is not None:
+        raise ValueError("merge_adapter is for inference: it cannot go with train_lora")
     ck = load_checkpoint(checkpoint or model_cfg.checkpoint, dtype or model_cfg.dtype,
                          device if device not in (None, "cpu") else None)
     if gradient_checkpointing:
@@ -51,6 +55,8 @@ def build_lavic(model_cfg: ModelConfig, *, adapter: str | Path | None = None,
     vlm = ck.model
     if adapter is not None:
         vlm = load_lora(vlm, adapter)
+        if merge_adapter:
+            vlm = vlm.merge_and_unload()
     if train_lora is not None:
         vlm = add_lora(vlm, train_lora, lora)
         log.info("LoRA on the %s: %s", "vision tower + projector" if train_lora == "vision" else "language model",

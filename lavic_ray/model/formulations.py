@@ -58,8 +58,8 @@ class PointwiseSample:
 def listwise_samples(convs: list[Conversation], key: str, seed: int) -> list[ListwiseSample]:
     """One sample per (conversation, ground-truth item), the item inserted if the list lacks it.
 
-    A list without the ground truth gets it at a random position, a random
-    non-ground-truth candidate making room; the source data is never mutated.
+    A list without the ground truth gets it in place of a random non-ground-truth candidate (the
+    reference's rule: the other candidates keep their positions); the source data is never mutated.
     """
     out = []
     for conv in convs:
@@ -70,24 +70,37 @@ def listwise_samples(convs: list[Conversation], key: str, seed: int) -> list[Lis
                 rng = random.Random(f"{seed}:{conv.conv_id}:{g}")
                 others = [i for i, c in enumerate(lst) if c not in conv.gt_items]
                 if others:
-                    lst.pop(rng.choice(others))
-                lst.insert(rng.randrange(len(lst) + 1), g)
+                    lst[rng.choice(others)] = g
+                else:  # every candidate is a ground truth: the list grows
+                    lst.insert(rng.randrange(len(lst) + 1), g)
             out.append(ListwiseSample(conv, tuple(lst), lst.index(g)))
     return out
 
 
-def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives: int) -> list[PointwiseSample]:
+#: how alike two items look: ``similar(item, others)`` -> one similarity per other item (higher: more alike)
+Similarity = Callable[[str, Sequence[str]], Sequence[float]]
+
+
+def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives: int,
+                      similar: Similarity | None = None) -> list[PointwiseSample]:
     """Per (conversation, ground-truth item): that item ("yes") and up to ``negatives`` other
     candidates of its list ("no"), all scored after one shared conversation prefix.
 
-    Other ground-truth items of a multi-item conversation are never negatives.
+    Other ground-truth items of a multi-item conversation are never negatives. The negatives are
+    drawn at random from the list, or with ``similar`` (``stage2.negative_sampling=visual``) they are
+    the list's candidates that look most like the ground truth: the ones a recommender must tell
+    apart by what the conversation says about the look.
     """
     out = []
     for s in listwise_samples(convs, key, seed):
         gt = s.candidates[s.answer]
         rng = random.Random(f"{seed}:{s.conv.conv_id}:{gt}:negatives")
         pool = [c for c in s.candidates if c not in s.conv.gt_items]
-        negs = tuple(rng.sample(pool, min(negatives, len(pool))))
+        if similar is not None and pool:
+            sims = similar(gt, pool)
+            negs = tuple(c for _, c in sorted(zip(sims, pool), key=lambda sc: -sc[0])[:negatives])
+        else:
+            negs = tuple(rng.sample(pool, min(negatives, len(pool))))
         out.append(PointwiseSample(s.conv, (gt, *negs), (True,) + (False,) * len(negs)))
     return out
 
@@ -130,8 +143,9 @@ class Formulation(ABC):
         self.cfg = cfg
 
     @abstractmethod
-    def samples(self, convs: list[Conversation], key: str, seed: int) -> list:
-        """The training samples of a split."""
+    def samples(self, convs: list[Conversation], key: str, seed: int, similar: Similarity | None = None) -> list:
+        """The training samples of a split (``similar``: how alike items look, for formulations that pick
+        negatives by it)."""
 
     @abstractmethod
     def loss(self, engine, builder: PromptBuilder, batch: list, candidates: Candidates,
@@ -154,7 +168,7 @@ class Listwise(Formulation):
     name = "listwise"
     generates_ids = True
 
-    def samples(self, convs, key, seed):
+    def samples(self, convs, key, seed, similar=None):
         return listwise_samples(convs, key, seed)
 
     def loss(self, engine, builder, batch, candidates, lookup):
@@ -178,8 +192,9 @@ class Pointwise(Formulation):
 
     name = "pointwise"
 
-    def samples(self, convs, key, seed):
-        return pointwise_samples(convs, key, seed, self.cfg.negatives)
+    def samples(self, convs, key, seed, similar=None):
+        return pointwise_samples(convs, key, seed, self.cfg.negatives,
+                                 similar if self.cfg.negative_sampling == "visual" else None)
 
     def loss(self, engine, builder, batch, candidates, lookup):
         """``stage2.pointwise_loss``: the balanced yes/no NLL (positives and negatives weigh half each,
@@ -204,7 +219,8 @@ class Pointwise(Formulation):
         return score_pointwise_batch(model, builder, requests, lookup, max_rows, sharing)
 
     def describe(self):
-        return f"pointwise (1 positive : {self.cfg.negatives} negatives; rank by log P(yes) - log P(no))"
+        how = " (the most alike in the vectors)" if self.cfg.negative_sampling == "visual" else ""
+        return f"pointwise (1 positive : {self.cfg.negatives} negatives{how}; rank by log P(yes) - log P(no))"
 
 
 #: Every formulation by name (``stage2.formulation``).

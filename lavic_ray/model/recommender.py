@@ -31,13 +31,16 @@ class Recommender:
         device: ``cpu``, ``cuda`` or ``cuda:N``; None keeps the run's CPU default.
         dtype: Overrides the run's ``model.dtype`` (``bfloat16`` on GPUs).
         checkpoint: Overrides the run's ``model.checkpoint`` (the same weights moved elsewhere).
+        merge_lora: Merge the LoRA adapter into the weights once, here (inference then runs the plain
+            model: no adapter matmuls per layer). Off keeps the adapter as trained and validated.
 
     A run trained with ``stage2.engine.precision: bf16-mixed`` is scored the way it
     was validated during training: under bf16 autocast, fp32 weights.
     """
 
     def __init__(self, stage2_dir: str | Path, table: str | Path | None, device: str | None = None,
-                 dtype: str | None = None, checkpoint: str | None = None, max_rows: int = DEFAULT_MAX_ROWS):
+                 dtype: str | None = None, checkpoint: str | None = None, max_rows: int = DEFAULT_MAX_ROWS,
+                 merge_lora: bool = False):
         from lavic_ray.model.build import build_lavic, prompt_builder
         from lavic_ray.model.table import VectorTable
 
@@ -50,7 +53,9 @@ class Recommender:
         if s.use_images and table is None:
             raise InvalidInput(f"{d} was trained with images: give its item embedding table")
         self.formulation = make_formulation(s)
-        self.model, ck = build_lavic(cfg.model, adapter=d / "adapter", device=device, dtype=dtype, checkpoint=checkpoint)
+        self.model, ck = build_lavic(cfg.model, adapter=d / "adapter", device=device, dtype=dtype, checkpoint=checkpoint,
+                                     merge_adapter=merge_lora)
+        self.merged = merge_lora
         self.builder = prompt_builder(ck, cfg.prompts, stage2=s)
         self.table = VectorTable.load(table) if s.use_images else None
         self.sharing = s.prefix_sharing
@@ -84,4 +89,4 @@ class Recommender:
                 else self.sharing, "answer": s.answer, "use_images": s.use_images,
                 "table_items": len(self.table) if self.table is not None else 0,
                 "device": str(next(self.model.parameters()).device), "threads": torch.get_num_threads(),
-                "autocast_bf16": self.autocast}
+                "autocast_bf16": self.autocast, "lora_merged": self.merged}

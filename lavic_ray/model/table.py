@@ -78,6 +78,18 @@ class VectorTable:
     def __contains__(self, item_id: str) -> bool:
         return item_id in self.index
 
+    def similarity(self, item_id: str, others: Sequence[str]) -> list[float]:
+        """Cosine similarity of each of ``others`` to ``item_id``, on the mean of each item's 5 vectors
+        (an item missing from the table is the least alike: -1)."""
+        if item_id not in self.index:
+            return [-1.0] * len(others)
+        centre = torch.nn.functional.normalize(self.vectors[self.index[item_id]].float().mean(0), dim=0)
+        rows = [self.index.get(o, -1) for o in others]
+        known = [r for r in rows if r >= 0]
+        sims = torch.nn.functional.normalize(self.vectors[known].float().mean(1), dim=-1) @ centre if known else torch.zeros(0)
+        it = iter(sims.tolist())
+        return [next(it) if r >= 0 else -1.0 for r in rows]
+
     def lookup(self, ids: Sequence[str]) -> torch.Tensor:
         """``(len(ids), 5, dim)``; an item missing from the table gets zero vectors (counted, logged once)."""
         rows = [self.index.get(i, -1) for i in ids]

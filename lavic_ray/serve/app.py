@@ -343,7 +343,7 @@ def compose_app(args: ServeArgs | dict, options: dict[str, dict] | None = None,
     dep = {name: d.options(**options[name]) if name in options else d for name, d in classes.items()}
     retriever = dep["Retriever"].bind(args.catalog, args.index, args.retriever, args.sbert_model, args.retrieve_batch_size)
     reranker = dep["Reranker"].bind(args.stage2_dir, args.table, args.device, args.dtype, args.checkpoint,
-                                    args.rerank_batch_size, args.rerank_batch_wait_s, args.torch_threads)
+                                    args.rerank_batch_size, args.rerank_batch_wait_s, args.torch_threads, args.merge_lora)
     return dep["LavicIngress"].bind(retriever, reranker, args)
 
 

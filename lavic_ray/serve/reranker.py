@@ -23,20 +23,22 @@ HEALTH_CONVERSATION = "<submission>health check</submission>"
 log = logging.getLogger(__name__)
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16)
+# check_health (a one-candidate scoring call) every 10 s; a replica that fails it or takes over 30 s is replaced
+@serve.deployment(ray_actor_options={"num_cpus": 1}, max_ongoing_requests=16, health_check_period_s=10,
+                  health_check_timeout_s=30)
 class Reranker:
     """Ray Serve deployment: ``rerank(turns, [(item_id, title), ...]) -> scores``."""
 
     def __init__(self, stage2_dir: str, table: str | None, device: str = "cpu", dtype: str | None = None,
                  checkpoint: str | None = None, batch_size: int = 8, batch_wait_s: float = 0.01,
-                 torch_threads: int | None = None):
+                 torch_threads: int | None = None, merge_lora: bool = True):
         import torch
 
         from lavic_ray.model.recommender import Recommender
 
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.core = Recommender(stage2_dir, table, device=device, dtype=dtype, checkpoint=checkpoint)
+        self.core = Recommender(stage2_dir, table, device=device, dtype=dtype, checkpoint=checkpoint, merge_lora=merge_lora)
         some = self.core.table.ids[0] if self.core.table is not None and len(self.core.table) else "B000000000"
         self.probe = (some, "health check")
         self._rerank_batch.set_max_batch_size(batch_size)

@@ -43,7 +43,9 @@ class RetrieverCore:
         return out
 
 
-@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64)
+# check_health (a one-query retrieval) every 10 s; a replica that fails it or takes over 30 s is replaced
+@serve.deployment(ray_actor_options={"num_cpus": 0.25}, max_ongoing_requests=64, health_check_period_s=10,
+                  health_check_timeout_s=30)
 class Retriever:
     """Ray Serve deployment around :class:`RetrieverCore`."""
 

@@ -153,6 +153,9 @@ class ServeArgs(BaseModel):
     rerank_batch_wait_s: float = Field(0.01, ge=0)
     retrieve_batch_size: int = Field(32, ge=1)
     torch_threads: int | None = Field(None, ge=1, description="torch threads per reranker replica (None: Ray's default)")
+    merge_lora: bool = Field(True, description="merge the stage-2 LoRA into the weights when a replica starts (requests "
+                                               "skip the adapter's extra matmuls; scores equal the unmerged ones to "
+                                               "float rounding); false keeps the adapter separate")
 
     def resolved(self, base: str | Path | None = None) -> "ServeArgs":
         """A copy with every path made absolute (so replicas on any node read the same files)."""

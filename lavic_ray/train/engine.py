@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import math
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -80,18 +81,27 @@ def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_s
     return ds
 
 
-def warmup_factor(step: int, warmup_steps: int) -> float:
-    """The learning-rate multiplier at optimizer step ``step`` (0-based): linear from 1/warmup to 1.
+def warmup_factor(step: int, warmup_steps: int, total_steps: int | None = None, decay: str = "constant") -> float:
+    """The learning-rate multiplier at optimizer step ``step`` (0-based): linear from 1/warmup to 1, then
+    ``constant``, or decaying to 0 at ``total_steps`` (``linear``, ``cosine``).
 
     Both engines use this one schedule (DeepSpeed's own WarmupLR defaults to a log ramp that is
     already at 85% of the peak after 10 of 15 warmup steps, and starts at 0).
     """
-    return min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    w = min(1.0, (step + 1) / warmup_steps) if warmup_steps else 1.0
+    if decay == "constant" or not total_steps:
+        return w
+    progress = min(1.0, max(0.0, (step + 1 - warmup_steps) / max(1, total_steps - warmup_steps)))
+    return w * (1.0 - progress if decay == "linear" else 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def warmup_scheduler(warmup_steps: int):
-    """A callable that makes the warmup ``LambdaLR`` for an optimizer (DeepSpeed's ``lr_scheduler`` argument)."""
-    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(warmup_factor, warmup_steps=warmup_steps))
+def warmup_scheduler(warmup_steps: int, total_steps: int | None = None, decay: str = "constant"):
+    """A callable that makes the schedule's ``LambdaLR`` for an optimizer (DeepSpeed's ``lr_scheduler`` argument),
+    or None when the learning rate stays constant."""
+    if not warmup_steps and (decay == "constant" or not total_steps):
+        return None
+    f = functools.partial(warmup_factor, warmup_steps=warmup_steps, total_steps=total_steps, decay=decay)
+    return lambda optimizer: torch.optim.lr_scheduler.LambdaLR(optimizer, f)
 
 
 class Engine(ABC):
@@ -149,7 +159,8 @@ class Engine(ABC):
 class DeepSpeedEngine(Engine):
     """DeepSpeed: ZeRO, bf16, optimizer offload; the CPU accelerator with gloo here, NCCL on GPUs."""
 
-    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0):
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0,
+                 total_steps: int | None = None, decay: str = "constant"):
         super().__init__(module, cfg)
         os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
         try:
@@ -161,7 +172,7 @@ class DeepSpeedEngine(Engine):
         self.ds_config = deepspeed_config(cfg, lr, weight_decay, warmup_steps)
         self.wrapped, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=module, model_parameters=self.params, config=self.ds_config, dist_init_required=False,
-            lr_scheduler=warmup_scheduler(warmup_steps) if warmup_steps else None,
+            lr_scheduler=warmup_scheduler(warmup_steps, total_steps, decay),
         )
 
     def backward(self, loss):
@@ -188,12 +199,14 @@ class DeepSpeedEngine(Engine):
 class TorchEngine(Engine):
     """Plain torch (AdamW, DDP when distributed): for machines without DeepSpeed, such as a lone GPU box."""
 
-    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0):
+    def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0,
+                 total_steps: int | None = None, decay: str = "constant"):
         super().__init__(module, cfg)
         if cfg.zero_stage or cfg.offload_optimizer:
             log.info("engine.kind=torch ignores zero_stage/offload_optimizer")
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=weight_decay)
-        self.scheduler = warmup_scheduler(warmup_steps)(self.optimizer) if warmup_steps else None
+        make = warmup_scheduler(warmup_steps, total_steps, decay)
+        self.scheduler = make(self.optimizer) if make else None
         _, size = world()
         self.wrapped = torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=True) if size > 1 else module
         self.autocast = cfg.precision in ("bf16-mixed", "bf16", "fp16")
@@ -251,6 +264,8 @@ class TorchEngine(Engine):
 ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine, "torch": TorchEngine}
 
 
-def make_engine(module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0) -> Engine:
-    """The engine ``cfg.kind`` names, over ``module``'s trainable parameters."""
-    return ENGINES[cfg.kind](module, cfg, lr, weight_decay, warmup_steps)
+def make_engine(module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0,
+                total_steps: int | None = None, decay: str = "constant") -> Engine:
+    """The engine ``cfg.kind`` names, over ``module``'s trainable parameters (learning rate: warmup, then
+    ``decay`` to 0 at ``total_steps``, or constant)."""
+    return ENGINES[cfg.kind](module, cfg, lr, weight_decay, warmup_steps, total_steps, decay)

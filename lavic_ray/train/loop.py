@@ -22,7 +22,7 @@ from lavic_ray.artifacts import atomic_write_text
 from lavic_ray.config import StageConfig
 from lavic_ray.errors import InvalidInput
 from lavic_ray.train.engine import Engine, make_engine, world
-from lavic_ray.train.reporting import Reporter, Tracker
+from lavic_ray.train.reporting import SCORE_KEY, UNSCORED, Reporter, Tracker
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,10 @@ def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int,
 def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, tracker: Tracker | None = None) -> dict:
     """Run a stage to the end (or ``max_steps``), resuming from the reporter's checkpoint.
 
-    Writes the best adapter to ``out_dir/adapter`` (rank 0) and returns the final metrics;
-    ``tracker`` (rank 0's) receives every metric reported.
+    Writes the best adapter (``keep: best``) or the last one to ``out_dir/adapter`` (rank 0) and returns
+    the final metrics; ``tracker`` (rank 0's) receives every metric reported. Under a reporter that owns
+    the best checkpoint (Ray Train), every improving validation is checkpointed with its score
+    (``checkpoint_score``) and the driver installs the adapter from Ray's best (or last) checkpoint.
     """
     tracker = tracker or Tracker()
     torch.manual_seed(cfg.seed)
@@ -124,7 +126,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
     total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
-    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps)
+    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total_steps, cfg.lr_decay)
     state = TrainState()
     with reporter.restored() as ckpt:
         if ckpt is not None:
@@ -170,7 +172,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             stop = None
             if state.step % eval_every == 0 or state.step == total_steps:
                 metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}),
-                           **_validate(task, module, state, out_dir, rank, engine, cfg)}
+                           **_validate(task, module, state, out_dir, rank, engine, cfg, write=not reporter.owns_best)}
                 stop = _agree(_should_stop(cfg, state, (time.monotonic() - t0) / 60), engine.device)
                 if stop and state.step < total_steps:
                     state.stopped = stop
@@ -180,7 +182,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
-            want_ckpt = state.step % ckpt_every == 0 or state.step == total_steps or state.stopped is not None
+            want_ckpt = (state.step % ckpt_every == 0 or state.step == total_steps or state.stopped is not None
+                         or (reporter.owns_best and cfg.keep == "best" and bool(metrics and metrics.get("best"))))
             if want_ckpt:
                 # every rank writes its own part (DeepSpeed shards); Ray Train merges what workers report
                 d = reporter.new_checkpoint_dir()
@@ -188,7 +191,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                 if rank == 0:
                     task.save_adapter(module, d / "adapter")
                     (d / "train_state.json").write_text(json.dumps(state.__dict__))
-                reporter.report(metrics or {"stage": task.name, "step": state.step}, d)
+                reporter.report({**(metrics or {"stage": task.name, "step": state.step}),
+                                 SCORE_KEY: _score(task, metrics)}, d)
             elif metrics is not None:
                 reporter.report(metrics)
             if state.step >= total_steps or state.stopped is not None:
@@ -204,7 +208,9 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
         (out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
         if state.resumed_at:
             (out_dir / "resumed.json").write_text(json.dumps({"resumed_at_steps": state.resumed_at}))
-        if cfg.keep == "last" or not (out_dir / "adapter").is_dir():  # the last step's (or no validation ran)
+        if reporter.owns_best:
+            pass  # the driver installs the adapter from the run's checkpoints
+        elif cfg.keep == "last" or not (out_dir / "adapter").is_dir():  # the last step's (or no validation ran)
             task.save_adapter(module, out_dir / "adapter")
             (out_dir / "adapter_step.json").write_text(json.dumps({"step": state.step, "kept": "last"}))
     return final
@@ -261,8 +267,16 @@ def _agree(decision: str | None, device: torch.device) -> str | None:
     return codes[int(t.item())]
 
 
+def _score(task: Task, metrics: dict | None) -> float:
+    """A checkpoint's rank for Ray Train (higher is better): its validation metric, or :data:`UNSCORED`."""
+    value = (metrics or {}).get(task.best_metric)
+    if value is None or not math.isfinite(value):
+        return UNSCORED
+    return float(value if task.higher_is_better else -value)
+
+
 def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, engine: Engine,
-              cfg: StageConfig | None = None) -> dict:
+              cfg: StageConfig | None = None, write: bool = True) -> dict:
     module.eval()
     with torch.no_grad(), engine.precision():
         m = task.validate(module)
@@ -276,7 +290,7 @@ def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, e
         if better:
             state.best = value
             m["best"] = True
-            if rank == 0 and keep == "best":
+            if rank == 0 and keep == "best" and write:
                 task.save_adapter(module, Path(out_dir) / "adapter")
                 (Path(out_dir) / "adapter_step.json").write_text(json.dumps({"step": state.step, task.best_metric: value}))
     log.info("%s validation at step %d: %s", task.name, state.step, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})

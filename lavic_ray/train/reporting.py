@@ -19,8 +19,19 @@ from lavic_ray.errors import InvalidInput
 LATEST = "LATEST"
 
 
+#: the metric each checkpoint is reported with for Ray Train's ``CheckpointConfig`` to rank it by: the
+#: validation metric, signed so that higher is better
+SCORE_KEY = "checkpoint_score"
+#: the score of a checkpoint taken without a validation (it is kept for resuming, never as the best)
+UNSCORED = -1e30
+
+
 class Reporter:
     rank: int = 0
+    #: True when the system behind the reporter keeps the best checkpoint (Ray Train's ``CheckpointConfig``
+    #: with ``checkpoint_score_attribute``): the loop then checkpoints at every improving validation and
+    #: leaves ``adapter/`` to whoever reads the run's result (:func:`lavic_ray.train.run.run_ray`)
+    owns_best: bool = False
 
     def report(self, metrics: dict, checkpoint_dir: Path | None = None) -> None:
         raise NotImplementedError
@@ -85,6 +96,8 @@ class LocalReporter(Reporter):
 
 class RayReporter(Reporter):
     """Inside a Ray Train worker: ``ray.train.report`` with a ``Checkpoint`` from the directory."""
+
+    owns_best = True
 
     def __init__(self):
         import ray.train

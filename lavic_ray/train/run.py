@@ -1,8 +1,11 @@
 """Run a stage in this process, or on Ray Train with N workers (``TorchTrainer``).
 
-Outputs, under the stage's directory: ``adapter/`` (the best PEFT adapter),
-``history.json``, ``config.yaml``, and - with Ray - Ray Train's run directory
-``ray/`` holding the reported checkpoints a restarted run resumes from.
+Outputs, under the stage's directory: ``adapter/`` (the best PEFT adapter, or the last with
+``keep: last``), ``adapter_step.json`` (which step it is), ``history.json``, ``config.yaml``, and - with
+Ray - Ray Train's run directory ``ray/`` holding the reported checkpoints a restarted run resumes from.
+Under Ray the best checkpoint is Ray's own: ``CheckpointConfig(checkpoint_score_attribute=
+"checkpoint_score")`` ranks the checkpoints by their validation metric, keeps the best and the latest,
+and the driver installs ``adapter/`` from ``Result.best_checkpoints``.
 The dataset is ``cfg.dataset`` (its root resolved); stage 2 also reads an item
 embedding table unless it runs title-only.
 """
@@ -16,6 +19,7 @@ from typing import Literal
 
 from lavic_ray.artifacts import write_config
 from lavic_ray.config import LavicConfig, StageConfig
+from lavic_ray.train.reporting import SCORE_KEY
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +126,13 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
     cfg = absolute_paths(cfg)
     write_config(out_dir, cfg)
     ensure_ray()
+    ranked = scfg.keep == "best"
     run_config = RunConfig(
         name="run",
         storage_path=str(out_dir / "ray"),
-        checkpoint_config=CheckpointConfig(num_to_keep=2),
+        # ranked: the best 2 by validation score (Ray also keeps the latest, to resume from); else the last 2
+        checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SCORE_KEY if ranked else None,
+                                           checkpoint_score_order="max"),
         failure_config=FailureConfig(max_failures=cfg.job.max_failures if max_failures is None else max_failures),
         callbacks=callbacks or None,
     )
@@ -139,4 +146,39 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
         run_config=run_config,
         torch_config=TorchConfig(backend=backend(scfg)),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    install_adapter(result, out_dir, ranked)
+    return result
+
+
+def install_adapter(result, out_dir: Path, ranked: bool) -> Path:
+    """Copy the adapter of the run's best checkpoint (``ranked``: by ``checkpoint_score``, among those Ray
+    kept) or of its last checkpoint to ``out_dir/adapter``, and say which step it is in ``adapter_step.json``."""
+    import json
+    import shutil
+
+    from lavic_ray.errors import InputMissing
+    from lavic_ray.train.reporting import UNSCORED
+
+    scored = [(c, m) for c, m in (result.best_checkpoints or []) if m.get(SCORE_KEY, UNSCORED) > UNSCORED]
+    if ranked and scored:
+        ckpt, metrics = max(scored, key=lambda cm: cm[1][SCORE_KEY])
+        kept = "best"
+    elif result.checkpoint is not None:
+        ckpt, metrics, kept = result.checkpoint, result.metrics or {}, "last"
+    else:
+        raise InputMissing(f"the run in {out_dir / 'ray'} reported no checkpoint: no adapter to install")
+    final = out_dir / "adapter"
+    tmp = out_dir / ".adapter.incoming"
+    shutil.rmtree(tmp, ignore_errors=True)
+    with ckpt.as_directory() as d:
+        if not (Path(d) / "adapter" / "adapter_config.json").is_file():
+            raise InputMissing(f"checkpoint {ckpt.path} holds no adapter/")
+        shutil.copytree(Path(d) / "adapter", tmp)
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    info = {"step": metrics.get("step"), "kept": kept, "checkpoint": ckpt.path}
+    info.update({k: v for k, v in metrics.items() if k.startswith("valid_")})
+    (out_dir / "adapter_step.json").write_text(json.dumps(info))
+    log.info("adapter: the %s checkpoint (step %s) -> %s", kept, info["step"], final)
+    return final

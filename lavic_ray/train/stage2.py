@@ -43,7 +43,8 @@ class Stage2Task(Task):
         self.table = VectorTable.load(table) if s.use_images else None
         self.model, self.ck = trainable_lavic(cfg, s, "llm")
         self.builder = prompt_builder(self.ck, cfg.prompts, stage2=s)
-        self.samples = self.formulation.samples(train, s.candidates_key, s.seed)
+        self.samples = self.formulation.samples(train, s.candidates_key, s.seed,
+                                                self.table.similarity if self.table is not None else None)
 
     def module(self):
         return self.model

@@ -28,7 +28,7 @@ def test_stage1_embed_stage2_on_ray_train_with_deepspeed(tmp_path, tiny_dir, syn
     for s in ("stage1", "stage2"):
         common += [f"{s}.num_workers=2", f"{s}.engine.kind=deepspeed", f"{s}.engine.zero_stage=2", f"{s}.log_every=1",
                    f"{s}.eval_limit=4", f"{s}.engine.micro_batch_size=2", f"{s}.max_steps=3", f"{s}.max_length=512"]
-    cfg = load_config(None, common)
+    cfg = load_config(None, common + ["stage2.eval_every=1"])
     r1 = run_ray("stage1", cfg, tmp_path / "stage1")
     assert r1.error is None and r1.metrics["step"] == 3 and "valid_ppl" in r1.metrics
     assert r1.checkpoint is not None
@@ -42,9 +42,15 @@ def test_stage1_embed_stage2_on_ray_train_with_deepspeed(tmp_path, tiny_dir, syn
     r2 = run_ray("stage2", cfg, tmp_path / "stage2", table=table)
     assert r2.error is None and r2.metrics["step"] == 3 and "valid_hr@1" in r2.metrics
     assert (tmp_path / "stage2" / "adapter" / "adapter_config.json").is_file()
+    # the installed adapter is Ray's best checkpoint (CheckpointConfig ranks them by validation HR@1)
+    valid = [(h["step"], h["valid_hr@1"]) for h in json.loads((tmp_path / "stage2" / "history.json").read_text())
+             if "valid_hr@1" in h]
+    best_step = max(valid, key=lambda sv: (sv[1], -sv[0]))[0]  # the first of equals: a tie is no improvement
+    kept = json.loads((tmp_path / "stage2" / "adapter_step.json").read_text())
+    assert kept["kept"] == "best" and kept["step"] == best_step, (kept, valid)
 
     # same run directory, more steps: Ray Train restores the latest checkpoint and continues the count
-    more = load_config(None, common + ["stage2.max_steps=5"])
+    more = load_config(None, common + ["stage2.eval_every=1", "stage2.max_steps=5"])
     r3 = run_ray("stage2", more, tmp_path / "stage2", table=table)
     assert r3.error is None and r3.metrics["step"] == 5
     history = json.loads((tmp_path / "stage2" / "history.json").read_text())

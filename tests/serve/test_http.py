@@ -90,6 +90,28 @@ def test_candidate_list_errors(url, served_run):
     assert r.status_code == 422 and "repeated" in r.json()["error"]
 
 
+def test_poisoned_requests_fail_alone_among_concurrent_good_ones(url, served_run):
+    """Each round sends 6 good requests and 2 poisoned ones (a lone surrogate, a NUL) at once through
+    the real HTTP stack, so they share batches: every good one is answered, every poisoned one is a 422."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    catalog = served_run["catalog_obj"]
+    good = {"context": f"<submission>{catalog[served_run['planted']].title}</submission>", "k": 2}
+    poisoned = ['{"context": "mug \\ud800", "k": 2}', '{"turns": [{"role": "user", "text": "a\\u0000b"}], "k": 2}']
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(4):
+            futures = [pool.submit(_post, url, good) for _ in range(3)]
+            futures += [pool.submit(_post, url, None, p) for p in poisoned]
+            futures += [pool.submit(_post, url, good) for _ in range(3)]
+            codes = [f.result().status_code for f in futures]
+            assert codes == [200] * 3 + [422, 422] + [200] * 3, codes
+
+
+def test_a_body_over_the_limit_is_413_before_it_is_parsed(url):
+    r = _post(url, None, '{"context": "' + "x" * (1 << 20) + '"}')
+    assert r.status_code == 413 and "limit is" in r.json()["error"]
+
+
 def test_killed_reranker_replica_recovers_under_load(url, served_run):
     import ray
 

@@ -1,6 +1,8 @@
 """Training loops without Ray: resume round trip, checkpoint safety, stage-2 samples."""
 
 import json
+import math
+import shutil
 from pathlib import Path
 import random
 
@@ -87,6 +89,8 @@ def test_listwise_samples_insert_the_ground_truth_without_mutating():
     inserted, present = samples
     assert len(inserted.candidates) == 10 and inserted.candidates[inserted.answer] == "G000000001"
     assert "C000000003" in inserted.candidates  # another ground truth is never the one dropped
+    # it overwrites one candidate in place (the reference's rule): the others keep their positions
+    assert sum(a != b for a, b in zip(inserted.candidates, cands)) == 1
     assert present.candidates == cands and present.candidates[present.answer] == "C000000003"
     assert conv.candidates["candidates_st"] == cands
     assert listwise_samples([conv], "candidates_st", seed=0) == samples  # deterministic
@@ -202,6 +206,19 @@ def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
     want = [2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2, 1e-2]  # the first step already moves (DeepSpeed's WarmupLR starts at 0)
     for kind, lrs in seen.items():
         assert lrs == pytest.approx(want), kind
+    # then a decay to 0 at the last step, the same on both engines
+    for decay, want in (("linear", [1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2 * 3 / 4, 1e-2 * 2 / 4, 1e-2 / 4, 0.0]),
+                        ("cosine", [1e-2 / 3, 2e-2 / 3, 1e-2, 1e-2 * (1 + math.cos(math.pi / 4)) / 2, 5e-3,
+                                    1e-2 * (1 + math.cos(3 * math.pi / 4)) / 2, 0.0])):
+        for kind in ("torch", "deepspeed"):
+            engine = make_engine(torch.nn.Linear(4, 1), EngineConfig(kind=kind, zero_stage=2, micro_batch_size=2), lr=1e-2,
+                                 weight_decay=0.0, warmup_steps=3, total_steps=7, decay=decay)
+            lrs = []
+            for _ in range(7):
+                lrs.append(engine.lr())
+                engine.backward(engine(torch.randn(2, 4)).pow(2).mean())
+                engine.step()
+            assert lrs == pytest.approx(want, abs=1e-9), (decay, kind, lrs)
 
 
 class _Scripted:
@@ -270,3 +287,70 @@ def test_a_time_cap_stops_at_the_next_validation(tmp_path):
     cfg = Stage2Config(max_steps=40, eval_every=3, max_minutes=1e-9, log_every=1, engine={"kind": "torch", "micro_batch_size": 2})
     final = train(_Scripted([0.1]), cfg, LocalReporter(tmp_path / "run"), tmp_path)
     assert final["step"] == 3 and final["stopped"] == 1
+
+
+def test_under_ray_train_the_best_adapter_is_rays_best_checkpoint(tmp_path):
+    """A reporter that owns the best (Ray Train) gets a checkpoint at every improving validation, each
+    with its ``checkpoint_score``; the loop writes no adapter/ itself; ``install_adapter`` copies the
+    adapter of the best scored checkpoint Ray kept (the last one when the run keeps the last)."""
+    from types import SimpleNamespace
+
+    from ray.train import Checkpoint
+
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import train
+    from lavic_ray.train.reporting import SCORE_KEY, UNSCORED, Reporter
+    from lavic_ray.train.run import install_adapter
+
+    class RayLike(Reporter):
+        owns_best = True
+
+        def __init__(self):
+            self.reported = []
+
+        def report(self, metrics, checkpoint_dir=None):
+            if checkpoint_dir is not None:
+                kept = tmp_path / "ckpts" / f"step{metrics['step']}"
+                shutil.copytree(checkpoint_dir, kept)
+                self.reported.append((Checkpoint.from_directory(str(kept)), metrics))
+
+    task = _Scripted([0.2, 0.6, 0.3, 0.1])
+    save = task.save_adapter
+
+    def save_adapter(module, directory):  # which step the adapter is from
+        save(module, directory)
+        (Path(directory) / "adapter_config.json").write_text(json.dumps({"step": len(rep.reported)}))
+
+    task.save_adapter = save_adapter
+    rep = RayLike()
+    out = tmp_path / "run"
+    cfg = Stage2Config(max_steps=9, eval_every=2, checkpoint_every=3, log_every=1, engine={"kind": "torch", "micro_batch_size": 2})
+    train(task, cfg, rep, out)
+    assert not (out / "adapter").exists()
+    scores = {m["step"]: m[SCORE_KEY] for _, m in rep.reported}
+    # validations at 2 (0.2, best), 4 (0.6, best), 6 (0.3), 8 (0.1), 9 (the last step, 0.1); checkpoints every 3 too
+    assert scores == {2: 0.2, 3: UNSCORED, 4: 0.6, 6: 0.3, 9: 0.1}
+    result = SimpleNamespace(best_checkpoints=rep.reported, checkpoint=rep.reported[-1][0], metrics=rep.reported[-1][1])
+    install_adapter(result, out, ranked=True)
+    info = json.loads((out / "adapter_step.json").read_text())
+    assert info["step"] == 4 and info["kept"] == "best" and info["valid_hr@1"] == 0.6
+    assert json.loads((out / "adapter" / "adapter_config.json").read_text())["step"] == 2  # the 3rd checkpoint: step 4
+    install_adapter(result, out, ranked=False)
+    assert json.loads((out / "adapter_step.json").read_text())["step"] == 9
+
+
+def test_visual_negatives_are_the_candidates_that_look_most_like_the_positive():
+    import torch
+
+    from lavic_ray.model.table import VectorTable
+
+    cands = tuple(f"C{i:09d}" for i in range(10))
+    conv = Conversation("f:1", "<submission>x</submission>", ("C000000000",), {"candidates_st": cands})
+    # each item its own direction; C3 and C7 lean towards C0's (C3 more)
+    vecs = torch.eye(16)[:10].unsqueeze(1).repeat(1, 5, 1)
+    vecs[3, :, 0], vecs[7, :, 0] = 2.0, 1.0
+    table = VectorTable(list(cands), vecs)
+    s = pointwise_samples([conv], "candidates_st", 0, negatives=2, similar=table.similarity)[0]
+    assert s.candidates == ("C000000000", "C000000003", "C000000007") and s.positive == (True, False, False)
+    assert pointwise_samples([conv], "candidates_st", 0, negatives=2)[0].candidates[0] == "C000000000"
+    assert table.similarity("C000000000", ["C000000007", "NOPE000000"])[1] == -1.0
