@@ -13,8 +13,10 @@ Phases (one Ray, one machine, traffic bounded in count and time, all to 127.0.0.
    Before timing, the naive vectors are checked against the table's (same numbers).
 2. autoscale: the serve config's autoscaling (1 -> 2 reranker replicas): load at concurrency
    16 until a second replica serves, then idle until it is removed; the replica-count timeline.
-3. chaos: load at concurrency 4; one reranker replica is killed 5 s in; failed requests are
-   counted and the time until requests succeed again.
+3. chaos: load at concurrency 4 for 40 s; one reranker replica is killed 5 s in, and a second
+   client sends a poisoned request (a lone UTF-16 surrogate, a NUL, a tag-only conversation,
+   in turn) every 0.5 s throughout: good requests that failed (and when), the time until
+   requests succeed again, and what each poisoned request got (all should be 422).
 """
 
 from __future__ import annotations
@@ -270,21 +272,42 @@ def main() -> int:
     if "chaos" not in skip:
         import threading
 
+        import requests as http
+
         box = {}
         th = threading.Thread(target=lambda: box.setdefault("r", load(url, bodies, 4, 10_000, 40)))
+        poison = ['{"context": "a mug \\ud800 please", "k": 2}', '{"turns": [{"role": "user", "text": "mug\\u0000"}]}',
+                  '{"context": "<submission></submission><comment> </comment>"}']
+        poisoned: list[int] = []
+
+        def poisoner():
+            t_end = time.monotonic() + 38
+            while time.monotonic() < t_end and len(poisoned) < 80:
+                try:
+                    r = http.post(f"{url}/recommend", data=poison[len(poisoned) % len(poison)],
+                                  headers={"content-type": "application/json"}, timeout=30)
+                    poisoned.append(r.status_code)
+                except http.RequestException:
+                    poisoned.append(-1)
+                time.sleep(0.5)
+
+        pth = threading.Thread(target=poisoner)
         th.start()
+        pth.start()
         time.sleep(5)
         names = [x["name"] for x in ray.util.list_named_actors(all_namespaces=True) if "Reranker" in x["name"]]
         killed_at = 5.0
         ray.kill(ray.get_actor(names[0], namespace="serve"), no_restart=True)
         th.join()
+        pth.join()
         r = box["r"]
         fails = [t for t, c in r["stamps"] if c != 200]
         after = [t for t, c in r["stamps"] if t > killed_at and c == 200]
         result["phases"]["chaos"] = {"killed": names[0], "replicas_before": len(names), "requests": r["requests"],
                                      "failed": r["failed"], "failed_at_s": fails,
                                      "first_success_after_kill_s": round(min(after) - killed_at, 2) if after else None,
-                                     "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+                                     "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"],
+                                     "poisoned": {"sent": len(poisoned), "status_counts": {str(c): poisoned.count(c) for c in sorted(set(poisoned))}}}
         print("chaos:", result["phases"]["chaos"], flush=True)
 
     serve.shutdown()

@@ -13,6 +13,7 @@ else is a bug and keeps its traceback (``-v`` shows every log line as it happens
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -62,12 +63,20 @@ def _print_result(console, args, result, summary: str) -> None:
     print(json.dumps(result, default=str) if getattr(args, "json", False) else summary, file=console.out, flush=True)
 
 
+@contextlib.contextmanager
 def _long_command(args, art_root: Path | str, name: str):
-    """A long command's console session: step lines and bars on the terminal, the rest to a log file."""
+    """A long command's console session: step lines and bars on the terminal, the rest to a log file.
+
+    A Ray the command connected to is let go before the session ends, while the output still goes to the
+    log: its workers' last lines (flushed at shutdown) would otherwise land on the terminal, after a
+    ``--json`` result."""
     from lavic_ray import console
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return console.session(Path(art_root) / "logs" / f"{name}-{stamp}.log", verbose=args.verbose)
+    from lavic_ray.runtime import ray_released
+
+    with console.session(Path(art_root) / "logs" / f"{name}-{stamp}.log", verbose=args.verbose) as c, ray_released():
+        yield c
 
 
 # ---------------------------------------------------------------------------- data

@@ -119,7 +119,7 @@ def main(job: str, argv: list[str] | None = None) -> int:
     """Run job ``job``; the last line printed is its result as JSON. Exit 2 on a bad config or input."""
     from lavic_ray import console
     from lavic_ray.errors import UserError
-    from lavic_ray.runtime import ensure_ray
+    from lavic_ray.runtime import ensure_ray, ray_released
 
     args = parser(job).parse_args(argv)
     try:
@@ -127,7 +127,7 @@ def main(job: str, argv: list[str] | None = None) -> int:
         if job != "pipeline":  # missing inputs fail here, before a cluster is joined
             workflow.resolve(cfg)
         log_file = Path(cfg.storage_root) / "logs" / f"job-{job}-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        with console.session(log_file, verbose=args.verbose) as con:
+        with console.session(log_file, verbose=args.verbose) as con, ray_released():
             with con.step(f"jobs/{job}.py: {(JOBS[job].__doc__ or '').strip().splitlines()[0]}"):
                 ensure_ray(args.address)
                 result = JOBS[job](cfg)

@@ -8,8 +8,10 @@ second. It listens on 127.0.0.1 only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,20 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         kwargs["address"] = address
     ray.init(**kwargs)
     log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+@contextlib.contextmanager
+def ray_released():
+    """Shut down, at the end of the block, a Ray connection made inside it (one the caller already had stays).
+
+    Run it inside a console session: Ray's workers flush their last output at shutdown, and it must reach
+    the session's log, not the terminal after a command's ``--json`` result."""
+    had = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    try:
+        yield
+    finally:
+        if not had and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()
 
 
 def _threaded(fn, threads: int | None, args, kwargs):
