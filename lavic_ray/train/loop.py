@@ -268,9 +268,11 @@ def _agree(decision: str | None, device: torch.device) -> str | None:
 
 
 def _score(task: Task, metrics: dict | None) -> float:
-    """A checkpoint's rank for Ray Train (higher is better): its validation metric, or :data:`UNSCORED`."""
+    """A checkpoint's rank for Ray Train (higher is better): its validation metric when that validation set a
+    new best (as the local path keeps it: a tie with an earlier best does not replace it), else :data:`UNSCORED`
+    (a checkpoint kept for resuming only)."""
     value = (metrics or {}).get(task.best_metric)
-    if value is None or not math.isfinite(value):
+    if value is None or not math.isfinite(value) or not metrics.get("best"):
         return UNSCORED
     return float(value if task.higher_is_better else -value)
 

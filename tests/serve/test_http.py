@@ -91,13 +91,13 @@ def test_candidate_list_errors(url, served_run):
 
 
 def test_poisoned_requests_fail_alone_among_concurrent_good_ones(url, served_run):
-    """Each round sends 6 good requests and 2 poisoned ones (a lone surrogate, a NUL) at once through
+    """Each round sends 6 good requests and 2 poisoned ones (a lone surrogate, a turn of NULs only) at once through
     the real HTTP stack, so they share batches: every good one is answered, every poisoned one is a 422."""
     from concurrent.futures import ThreadPoolExecutor
 
     catalog = served_run["catalog_obj"]
     good = {"context": f"<submission>{catalog[served_run['planted']].title}</submission>", "k": 2}
-    poisoned = ['{"context": "mug \\ud800", "k": 2}', '{"turns": [{"role": "user", "text": "a\\u0000b"}], "k": 2}']
+    poisoned = ['{"context": "mug \\ud800", "k": 2}', '{"turns": [{"role": "user", "text": "\\u0000\\u0000"}], "k": 2}']
     with ThreadPoolExecutor(8) as pool:
         for _ in range(4):
             futures = [pool.submit(_post, url, good) for _ in range(3)]

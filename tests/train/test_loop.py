@@ -328,8 +328,9 @@ def test_under_ray_train_the_best_adapter_is_rays_best_checkpoint(tmp_path):
     train(task, cfg, rep, out)
     assert not (out / "adapter").exists()
     scores = {m["step"]: m[SCORE_KEY] for _, m in rep.reported}
-    # validations at 2 (0.2, best), 4 (0.6, best), 6 (0.3), 8 (0.1), 9 (the last step, 0.1); checkpoints every 3 too
-    assert scores == {2: 0.2, 3: UNSCORED, 4: 0.6, 6: 0.3, 9: 0.1}
+    # validations at 2 (0.2, best), 4 (0.6, best), 6 (0.3), 8 (0.1), 9 (the last step, 0.1); checkpoints every 3
+    # too; only a validation that set a new best is scored (the rest are kept for resuming only)
+    assert scores == {2: 0.2, 3: UNSCORED, 4: 0.6, 6: UNSCORED, 9: UNSCORED}
     result = SimpleNamespace(best_checkpoints=rep.reported, checkpoint=rep.reported[-1][0], metrics=rep.reported[-1][1])
     install_adapter(result, out, ranked=True)
     info = json.loads((out / "adapter_step.json").read_text())
@@ -354,3 +355,26 @@ def test_visual_negatives_are_the_candidates_that_look_most_like_the_positive():
     assert s.candidates == ("C000000000", "C000000003", "C000000007") and s.positive == (True, False, False)
     assert pointwise_samples([conv], "candidates_st", 0, negatives=2)[0].candidates[0] == "C000000000"
     assert table.similarity("C000000000", ["C000000007", "NOPE000000"])[1] == -1.0
+
+
+def test_under_ray_train_a_tie_keeps_the_earlier_best(tmp_path):
+    """Validations 0.5, 0.5, 0.5: the first is the best (as on the local path); the later checkpoints of the
+    tie are not scored, so Ray's ranking cannot prefer them."""
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import train
+    from lavic_ray.train.reporting import SCORE_KEY, UNSCORED, Reporter
+
+    class RayLike(Reporter):
+        owns_best = True
+
+        def __init__(self):
+            self.scores = {}
+
+        def report(self, metrics, checkpoint_dir=None):
+            if checkpoint_dir is not None:
+                self.scores[metrics["step"]] = metrics[SCORE_KEY]
+
+    rep = RayLike()
+    cfg = Stage2Config(max_steps=3, eval_every=1, checkpoint_every=1, log_every=1, engine={"kind": "torch", "micro_batch_size": 2})
+    train(_Scripted([0.5, 0.5, 0.5]), cfg, rep, tmp_path / "run")
+    assert rep.scores == {1: 0.5, 2: UNSCORED, 3: UNSCORED}
