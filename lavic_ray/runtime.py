@@ -3,7 +3,8 @@
 The dashboard (and with it the state API) is on wherever Ray is started here: Ray Train's
 controller asks it whether a run's workers are gone before it frees their resources, and
 without it a long run logs "Failed to query Ray Train Controller actor state" about once a
-second. It listens on 127.0.0.1 only.
+second. It listens on 127.0.0.1 only, on 8265 unless another local Ray holds that port (a new local
+instance then takes a free one: the console's log names it).
 """
 
 from __future__ import annotations
@@ -31,11 +32,26 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         return
     kwargs: dict = {"include_dashboard": True, "dashboard_host": "127.0.0.1", "ignore_reinit_error": True}
     if address == "local":
-        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count())
+        kwargs.update(address="local", num_cpus=num_cpus or os.cpu_count(), dashboard_port=dashboard_port())
     elif address:
         kwargs["address"] = address
     ray.init(**kwargs)
     log.info("Ray: %s", {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")})
+
+
+def dashboard_port(preferred: int = 8265) -> int:
+    """The dashboard port for a new local Ray: Ray's default when it is free, else any free port (another
+    local Ray - a second quickstart, a user's own - holds 8265, and Ray would fail to start rather than move)."""
+    import socket
+
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise OSError("no free port for the Ray dashboard on 127.0.0.1")
 
 
 @contextlib.contextmanager

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from lavic_ray.config import load_config
+from lavic_ray.runtime import dashboard_port
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
@@ -28,7 +31,8 @@ def test_a_four_trial_tune_search_on_two_cpus_writes_results_and_a_ready_preset(
         f"storage_root={tmp_path}", f"dataset.root={synth_root}", f"model.checkpoint={tiny_dir}",
         "job.variant=lavic-title-only", "stage2.max_steps=4", "stage2.eval_every=2", "stage2.eval_limit=4",
         "stage2.engine.kind=torch", "stage2.engine.micro_batch_size=2", "tune.grace_period=2", "tune.num_samples=4"])
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", ignore_reinit_error=True)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(),
+             ignore_reinit_error=True)
     try:
         cfg, art = resolve(cfg)
         out = run_tune(cfg, art)
@@ -58,12 +62,33 @@ def head():
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
     port, dash = _free_port(), _free_port()
     ray_cli = str(bin_dir / "ray")
+    # its own temp dir marks this cluster's processes: the teardown stops them, not every Ray on the machine
+    # (`ray stop` would also stop a user's own local Ray)
+    temp = tempfile.mkdtemp(prefix="lrt_", dir="/tmp")
     start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dash}", "--disable-usage-stats"], env=env, capture_output=True, text=True,
-                           timeout=180)
+                            f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"], env=env,
+                           capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
     yield env, f"http://127.0.0.1:{dash}"
-    subprocess.run([ray_cli, "stop", "--force"], env=env, capture_output=True, timeout=120)
+    _stop_processes_of(temp)
+    shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_processes_of(marker: str, grace_s: float = 20) -> None:
+    """Terminate (then kill) the processes whose command line names ``marker``; their workers exit with them."""
+    import psutil
+
+    procs = []
+    for p in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in p.info["cmdline"] or []):
+            procs.append(p)
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, alive = psutil.wait_procs(procs, timeout=grace_s)
+    for p in alive:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
 
 
 def test_ray_job_submit_runs_the_pipeline_then_a_single_stage_job(head, tmp_path):

@@ -22,13 +22,11 @@ def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    import socket
+    from lavic_ray.runtime import dashboard_port
 
-    with socket.socket() as s:  # a free port: another local Ray (a user's) may hold the default 8265
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    # another local Ray (a user's) may hold the default 8265
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": True,
-                                                      "dashboard_host": "127.0.0.1", "dashboard_port": port})
+                                                      "dashboard_host": "127.0.0.1", "dashboard_port": dashboard_port()})
     cpu = c.add_node(num_cpus=2, resources={"cpu_node": 10})
     gpu = c.add_node(num_cpus=2, num_gpus=1, resources={"gpu_marker": 1})
     ray.init(address=c.address)

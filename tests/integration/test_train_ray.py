@@ -6,6 +6,7 @@ import pytest
 
 from lavic_ray.config import load_config
 from lavic_ray.model.table import VectorTable
+from lavic_ray.runtime import dashboard_port
 
 pytestmark = pytest.mark.integration
 
@@ -15,7 +16,8 @@ def ray_local():
     import ray
 
     # the dashboard's state API: Ray Train frees a dead worker group's resources through it
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", ignore_reinit_error=True)
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port(),
+             ignore_reinit_error=True)
     yield
     ray.shutdown()
 
