@@ -131,6 +131,9 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         return out
 
     art = Artifacts(cfg.storage_root)
+    # steps a rerun takes from an earlier one: the wall time then says nothing about a run from scratch
+    reused = (["stage 1"] if workflow.stage_done(art.stage1) else []) + [
+        f"stage 2 ({v})" for v in cfg.job.variants if workflow.stage_done(art.stage2(v))]
     steps = ["dataset", "model", "stage 1 (with the probe before and after)", "item embedding tables",
              "stage 2: " + ", ".join(cfg.job.variants), "evaluation of every method on the test split", "report"]
     n = len(steps)
@@ -164,7 +167,7 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         for name in runs:
             results[name].update(_verdict(histories[f"stage2 {name}"]))
         timings["total"] = round(time.monotonic() - t_start, 1)
-        _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted)
+        _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted, reused)
     console.line(format_table(results))
     for name in runs:
         if results[name]["learned"] is False:
@@ -205,7 +208,8 @@ def _probe_lines(probe: dict) -> list[str]:
     ]
 
 
-def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted: bool = True) -> None:
+def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted: bool = True,
+                  reused: list[str] = ()) -> None:
     from lavic_ray.model.formulations import make_formulation
 
     catalog = dataset.catalog()
@@ -243,7 +247,7 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted
         "| variant | learned | best validation HR@1 (step) | chance | validation HR@1 by step |", "|---|---|---|---|---|",
         *[_verdict_row(v, results[v]) for v in variants], "",
         *(_probe_lines(probe) if probe else []),
-        *(_target_lines(hr, gap, head, timings) if gap is not None else []),
+        *(_target_lines(hr, gap, head, timings, reused) if gap is not None else []),
         "![training curves](training_curves.png)" if plotted else "(no training-curve plot: matplotlib is not installed)", "",
         "## Timings (s)", "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], "",
     ]
@@ -252,11 +256,19 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted
     (art.report / "results.json").write_text(json.dumps({"methods": results, "probe": probe, "timings": timings}, indent=1))
 
 
-def _target_lines(hr: float, gap: float, head: str, timings: dict) -> list[str]:
-    met = hr >= 0.6 and gap >= 0.25 and timings["total"] <= 1800
+def _target_lines(hr: float, gap: float, head: str, timings: dict, reused: list[str] = ()) -> list[str]:
+    """The quickstart's targets; the wall time is judged only for a run that trained both stages itself."""
+    minutes = timings["total"] / 60
+    if reused:
+        met = hr >= 0.6 and gap >= 0.25
+        when = (f"total {minutes:.1f} min, not judged against the 30-min target: this run took "
+                f"{', '.join(reused)} from an earlier one")
+    else:
+        met = hr >= 0.6 and gap >= 0.25 and timings["total"] <= 1800
+        when = f"total {minutes:.1f} min (target <= 30)"
     return ["## Targets", "",
-            f"LaViC {head} {hr:.4f} (target >= 0.6), {gap:+.4f} over title-only (target >= +0.25), total "
-            f"{timings['total'] / 60:.1f} min (target <= 30): **{'met' if met else 'NOT met'}**.", ""]
+            f"LaViC {head} {hr:.4f} (target >= 0.6), {gap:+.4f} over title-only (target >= +0.25), {when}: "
+            f"**{'met' if met else 'NOT met'}**.", ""]
 
 
 def _verdict_row(name: str, m: dict) -> str:
