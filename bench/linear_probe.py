@@ -1,9 +1,10 @@
-"""Is colour / pattern / category linearly readable from a small model's image features?
+"""Is each decisive attribute (and the category) linearly readable from a small model's image features?
 
 Fits a logistic regression on the train-pool items of a synthetic catalog and scores it on the
 valid/test-pool items, for two features of each item's primary image: the vision tower's [CLS]
 of the base view at LaViC's feature layer (-2), and that [CLS] through the projector and LaViC's
-rescaling (vector 0 of the item's 5). The labels come from ``synth_truth.json`` (never a model
+rescaling (vector 0 of the item's 5). The attributes are the catalog manifest's decisive ones (colour and
+pattern for the products scheme, motif and build for gadgets). The labels come from ``synth_truth.json`` (never a model
 input); this is a diagnostic of the vision side, not part of any pipeline.
 
 (scikit-learn comes with sentence-transformers.)
@@ -35,6 +36,9 @@ def main() -> int:
     from lavic_ray.model.views import pixel_views
 
     truth = json.loads((Path(a.catalog) / "synth_truth.json").read_text())["items"]
+    manifest = json.loads((Path(a.catalog) / "synth_manifest.json").read_text())
+    attrs = [*manifest.get("decisive_attributes", ["colour", "pattern"]),
+             *(["category"] if "category" in next(iter(truth.values())) else [])]
     catalog = Catalog.load(a.catalog)
     ck = load_checkpoint(a.model)
     model = LaViC(ck.model, ck.image_token_id).eval()
@@ -51,7 +55,7 @@ def main() -> int:
     held = [k for k, i in enumerate(ids) if truth[i]["pool"] != "train"]
     out = {"model": a.model, "train_items": len(train), "heldout_items": len(held)}
     for name, feats in (("cls", torch.cat(cls).numpy()), ("vector0", torch.cat(vec).numpy())):
-        for attr in ("colour", "pattern", "category"):
+        for attr in attrs:
             y = [truth[i][attr] for i in ids]
             clf = LogisticRegression(max_iter=2000).fit(feats[train], [y[k] for k in train])
             out[f"{name}_{attr}"] = round(float(clf.score(feats[held], [y[k] for k in held])), 3)
