@@ -14,7 +14,7 @@ Phases (one Ray, one machine, traffic bounded in count and time, all to 127.0.0.
 2. autoscale: the serve config's autoscaling (1 -> 2 reranker replicas): load at concurrency
    16 until a second replica serves, then idle until it is removed; the replica-count timeline.
 3. chaos: load at concurrency 4 for 40 s; one reranker replica is killed 5 s in, and a second
-   client sends a poisoned request (a lone UTF-16 surrogate, a NUL, a tag-only conversation,
+   client sends a poisoned request (a lone UTF-16 surrogate, NULs only, a tag-only conversation,
    in turn) every 0.5 s throughout: good requests that failed (and when), the time until
    requests succeed again, and what each poisoned request got (all should be 422).
 """
@@ -276,7 +276,7 @@ def main() -> int:
 
         box = {}
         th = threading.Thread(target=lambda: box.setdefault("r", load(url, bodies, 4, 10_000, 40)))
-        poison = ['{"context": "a mug \\ud800 please", "k": 2}', '{"turns": [{"role": "user", "text": "mug\\u0000"}]}',
+        poison = ['{"context": "a mug \\ud800 please", "k": 2}', '{"turns": [{"role": "user", "text": "\\u0000\\u0000"}]}',
                   '{"context": "<submission></submission><comment> </comment>"}']
         poisoned: list[int] = []
 
