@@ -14,12 +14,12 @@ the default ``products`` scheme, so a result on both is not a result on one rend
 
 from __future__ import annotations
 
-import math
 import random
 
 from PIL import Image, ImageDraw, ImageFilter
 
 from lavic_ray.data.records import Turn
+from lavic_ray.data.render import INK, WHITE, heart_points, star_points
 
 BODY_COLOURS: dict[str, tuple[int, int, int]] = {
     "navy": (35, 50, 110),
@@ -34,8 +34,6 @@ BUILDS = ("slim", "standard", "wide")
 #: the body's width relative to its height, per build
 BUILD_ASPECT = {"slim": 0.52, "standard": 0.78, "wide": 1.12}
 
-WHITE = (250, 250, 250)
-INK = (30, 30, 35)
 
 BRANDS = (
     "Voltaic", "Brindle & Co.", "Otterly", "Cobalt Row", "Fernhill", "Tanager", "Quarry Street", "Ravelin",
@@ -230,15 +228,9 @@ def _motif(d: ImageDraw.ImageDraw, shape: str, c: tuple[float, float], r: float,
         d.ellipse((cx - 0.45 * r, cy - 1.05 * r, cx + 1.35 * r, cy + 0.75 * r), fill=bg, outline=INK, width=outline)
         return
     if shape == "star":
-        pts = [(cx + (r if i % 2 == 0 else 0.42 * r) * math.cos(-math.pi / 2 + i * math.pi / 5),
-                cy + (r if i % 2 == 0 else 0.42 * r) * math.sin(-math.pi / 2 + i * math.pi / 5)) for i in range(10)]
+        pts = star_points(c, r, 0.42)
     elif shape == "heart":
-        pts = []
-        for i in range(60):
-            t = 2 * math.pi * i / 60
-            x = 16 * math.sin(t) ** 3
-            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
-            pts.append((cx + r * x / 16, cy - r * y / 16))
+        pts = heart_points(c, r)
     elif shape == "bolt":
         u = [(0.15, -1.0), (-0.55, 0.12), (-0.05, 0.12), (-0.2, 1.0), (0.55, -0.18), (0.05, -0.18), (0.35, -1.0)]
         pts = [(cx + r * x, cy + r * y) for x, y in u]

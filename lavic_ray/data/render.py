@@ -166,6 +166,29 @@ def _texture(size: int, colour: tuple[int, int, int], pattern: str, rng: random.
     return img
 
 
+def star_points(c: tuple[float, float], r: float, inner: float) -> list[tuple[float, float]]:
+    """A five-pointed star's outline around ``c``: points at radius ``r``, notches at ``r * inner``."""
+    cx, cy = c
+    pts = []
+    for i in range(10):
+        a = -math.pi / 2 + i * math.pi / 5
+        rr = r if i % 2 == 0 else r * inner
+        pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+    return pts
+
+
+def heart_points(c: tuple[float, float], r: float) -> list[tuple[float, float]]:
+    """A heart's outline around ``c``, ``r`` wide each side (60 points of the classic parametric curve)."""
+    cx, cy = c
+    pts = []
+    for i in range(60):
+        t = 2 * math.pi * i / 60
+        x = 16 * math.sin(t) ** 3
+        y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
+        pts.append((cx + r * x / 16, cy - r * y / 16))
+    return pts
+
+
 def _emblem(d: ImageDraw.ImageDraw, shape: str, c: tuple[float, float], r: float) -> None:
     cx, cy = c
     outline = max(3, int(r * 0.14))
@@ -173,20 +196,11 @@ def _emblem(d: ImageDraw.ImageDraw, shape: str, c: tuple[float, float], r: float
         d.ellipse((cx - r, cy - r, cx + r, cy + r), fill=WHITE, outline=INK, width=outline)
         return
     if shape == "star":
-        pts = []
-        for i in range(10):
-            a = -math.pi / 2 + i * math.pi / 5
-            rr = r if i % 2 == 0 else r * 0.45
-            pts.append((cx + rr * math.cos(a), cy + rr * math.sin(a)))
+        pts = star_points(c, r, 0.45)
     elif shape == "triangle":
         pts = [(cx, cy - r), (cx + r * 0.95, cy + r * 0.75), (cx - r * 0.95, cy + r * 0.75)]
     elif shape == "heart":
-        pts = []
-        for i in range(60):
-            t = 2 * math.pi * i / 60
-            x = 16 * math.sin(t) ** 3
-            y = 13 * math.cos(t) - 5 * math.cos(2 * t) - 2 * math.cos(3 * t) - math.cos(4 * t)
-            pts.append((cx + r * x / 16, cy - r * y / 16))
+        pts = heart_points(c, r)
     else:
         raise ValueError(f"unknown emblem {shape!r}")
     d.polygon(pts, fill=WHITE, outline=INK, width=outline)
