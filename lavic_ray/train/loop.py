@@ -208,9 +208,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
         (out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
         if state.resumed_at:
             (out_dir / "resumed.json").write_text(json.dumps({"resumed_at_steps": state.resumed_at}))
-        if reporter.owns_best:
-            pass  # the driver installs the adapter from the run's checkpoints
-        elif cfg.keep == "last" or not (out_dir / "adapter").is_dir():  # the last step's (or no validation ran)
+        # under a reporter that owns the best (Ray Train) the driver installs the adapter from the run's checkpoints
+        if not reporter.owns_best and (cfg.keep == "last" or not (out_dir / "adapter").is_dir()):  # the last (or no validation ran)
             task.save_adapter(module, out_dir / "adapter")
             (out_dir / "adapter_step.json").write_text(json.dumps({"step": state.step, "kept": "last"}))
     return final
