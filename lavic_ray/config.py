@@ -325,6 +325,15 @@ class Stage1Config(StageConfig):
         "heldout", description="heldout: a deterministic valid_fraction of the items (hashed IDs), from both metadata "
                                "files (lavic-ray); files: train on item2meta_train.json's items, validate on "
                                "item2meta_valid.jsonl's (the reference)")
+    word_alignment: float = Field(
+        0.0, ge=0, description="lavic-ray option (0: off, the paper's stage 1): the weight of a second stage-1 term that "
+                               "pulls each of an image's 5 vectors towards the words of its own teacher description: a "
+                               "softmax over descriptions of the cosine between the vector and each description's mean "
+                               "input embedding (centred on the catalog's mean), its own as the target. Vectors near "
+                               "their attribute words are what stage 2 learns to match from quickly (bench/RESULTS.md)")
+    word_alignment_temperature: float = Field(0.1, gt=0, description="the softmax temperature of word_alignment")
+    word_alignment_negatives: int = Field(1023, ge=1, description="word_alignment: descriptions besides the batch's own "
+                                                                  "that each step contrasts against (a random draw)")
 
 
 #: How a prompt prefix is shared by its candidates' continuations (lavic_ray.model.scoring).

@@ -13,6 +13,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+import torch.nn.functional as F
+
 from lavic_ray.config import LavicConfig
 from lavic_ray.data.dataset import Dataset
 from lavic_ray.data.layout import Catalog
@@ -38,6 +41,59 @@ def stage1_examples(catalog: Catalog) -> list[Stage1Example]:
         Stage1Example(it.item_id, it.title, im.description, im.path)
         for it in catalog for im in it.images if im.description
     ]
+
+
+def description_targets(descriptions: list[str], tokenizer, embedding: torch.Tensor) -> torch.Tensor:
+    """One unit row per description: the mean of its tokens' input embeddings, minus the mean of those
+    means over all the descriptions (what every description shares - its template words - cancels, so
+    what tells descriptions apart, such as their attribute words, remains)."""
+    rows = []
+    for d in descriptions:
+        ids = tokenizer(" " + d, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+        rows.append(embedding[torch.tensor(ids)].float().mean(0))
+    means = torch.stack(rows)
+    return F.normalize(means - means.mean(0, keepdim=True), dim=-1)
+
+
+def word_alignment_loss(vectors: torch.Tensor, present: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor,
+                        temperature: float, negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``stage1.word_alignment``: each vector of an image against the descriptions, its own as the target.
+
+    Args:
+        vectors: ``(B, 5, hidden)``, the images' vectors as the LLM receives them.
+        present: ``(B,)``; images without a file carry no term.
+        targets: ``(U, hidden)`` from :func:`description_targets`.
+        rows: ``(B,)`` each image's row of ``targets``.
+        negatives: how many other rows (at most) each step contrasts against, drawn at random.
+
+    Returns:
+        The mean cross-entropy over the present images' vectors (0 when none is present).
+    """
+    keep = present.bool()
+    if not bool(keep.any()):
+        return vectors.sum() * 0.0
+    own = rows[keep].unique()
+    others = torch.ones(targets.shape[0], dtype=torch.bool)
+    others[own.cpu()] = False
+    pool = others.nonzero().flatten()
+    if pool.numel() > negatives:
+        pool = pool[torch.randperm(pool.numel(), generator=generator)[:negatives]]
+    cols = torch.cat([own.cpu(), pool]).to(targets.device)
+    where = torch.full((targets.shape[0],), -1, dtype=torch.long, device=targets.device)
+    where[cols] = torch.arange(cols.numel(), device=targets.device)
+    v = F.normalize(vectors[keep].float(), dim=-1)  # (b, 5, hidden)
+    logits = v @ targets[cols].T.to(v.device) / temperature  # (b, 5, columns)
+    labels = where[rows[keep].to(targets.device)].to(v.device).repeat_interleave(v.shape[1])
+    return F.cross_entropy(logits.reshape(-1, cols.numel()), labels)
+
+
+def _distill_with_alignment(model, inputs: dict, align: tuple[float, dict]) -> torch.Tensor:
+    """Stage 1's loss with ``stage1.word_alignment``: the description NLL plus the weighted alignment term, from one
+    computation of the vectors (run inside LaViC's forward, so the engine sees one forward)."""
+    vectors = model.image_vectors(inputs["pixel_values"], inputs["image_sizes"], inputs["present"])
+    nll = model.labelled_loss(model.embed(inputs["input_ids"], vectors), inputs["attention_mask"], inputs["labels"]).loss
+    weight, kwargs = align
+    return nll + weight * word_alignment_loss(vectors, inputs["present"], **kwargs)
 
 
 def is_heldout(item_id: str, fraction: float) -> bool:
@@ -70,6 +126,14 @@ class Stage1Task(Task):
         if not self.train_set:
             raise InvalidInput(f"stage 1 has no training images in {dataset.root} (stage1.split={self.scfg.split})")
         self._views = ViewCache(self.ck.image_processor, missing=cfg.model.missing_image)
+        self._align = None
+        if self.scfg.word_alignment > 0:
+            texts = sorted({e.description for e in self.train_set})
+            with torch.no_grad():
+                emb = self.model.base.get_input_embeddings().weight.detach()
+                self._targets = description_targets(texts, self.ck.tokenizer, emb).to(emb.device)
+            self._row = {t: i for i, t in enumerate(texts)}
+            self._generator = torch.Generator().manual_seed(self.scfg.seed)
 
     def module(self):
         return self.model
@@ -93,8 +157,24 @@ class Stage1Task(Task):
         return out.loss, label_tokens(b.labels), int(b.attention_mask.sum())
 
     def loss(self, engine, batch):
+        if self.scfg.word_alignment > 0:
+            return self._aligned_loss(engine, batch)
         loss, _, n_tokens = self._forward(engine, batch)
         return loss, n_tokens
+
+    def _aligned_loss(self, engine, batch):
+        b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.builder.pad_id, "right")
+        px, sizes, present = self._pixels(batch)
+        device = next(self.model.parameters()).device
+        b = b.to(device)
+        rows = torch.tensor([self._row[e.description] for e in batch], device=device)
+        align = (self.scfg.word_alignment, {"targets": self._targets, "rows": rows,
+                                            "temperature": self.scfg.word_alignment_temperature,
+                                            "negatives": self.scfg.word_alignment_negatives, "generator": self._generator})
+        inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels,
+                  "pixel_values": px.to(device), "image_sizes": sizes.to(device), "present": present.to(device)}
+        loss = engine(fn=_distill_with_alignment, inputs=inputs, align=align)
+        return loss, int(b.attention_mask.sum())
 
     def validate(self, module):
         if not self.valid_set:
