@@ -168,3 +168,12 @@ def test_paper_presets_hold_the_references_settings():
     ours = load_config("jobs/configs/7b.yaml")
     assert ours.model.feature_layer == -2 and ours.prompts.listwise_cue != p.prompts.listwise_cue
     assert NUM_VECTORS == 5
+
+
+def test_the_paper_presets_turn_off_lavic_rays_training_options_over_the_quickstarts():
+    """`lavic quickstart --config jobs/configs/paper_small.yaml`: the quickstart preset's additions are undone."""
+    qs = load_config("lavic_ray/presets/quickstart_small.yaml")
+    assert qs.stage1.word_alignment > 0 and qs.stage2.lr_decay == "cosine" and qs.stage2.max_minutes
+    p = load_config(["lavic_ray/presets/quickstart_small.yaml", "jobs/configs/paper_small.yaml"])
+    assert p.stage1.word_alignment == 0
+    assert (p.stage2.lr_decay, p.stage2.max_minutes, p.stage2.patience, p.stage2.negative_sampling) == ("constant", None, None, "random")
