@@ -126,7 +126,6 @@ class Stage1Task(Task):
         if not self.train_set:
             raise InvalidInput(f"stage 1 has no training images in {dataset.root} (stage1.split={self.scfg.split})")
         self._views = ViewCache(self.ck.image_processor, missing=cfg.model.missing_image)
-        self._align = None
         if self.scfg.word_alignment > 0:
             texts = sorted({e.description for e in self.train_set})
             with torch.no_grad():
@@ -147,14 +146,20 @@ class Stage1Task(Task):
     def _pixels(self, batch: list[Stage1Example]):
         return self._views.get([e.image for e in batch])
 
-    def _forward(self, fn, batch: list[Stage1Example]):
+    def _inputs(self, batch: list[Stage1Example]) -> dict:
+        """A micro-batch's prompts (labelled descriptions) and pixel views, on the model's device."""
         b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.builder.pad_id, "right")
         px, sizes, present = self._pixels(batch)
         device = next(self.model.parameters()).device
         b = b.to(device)
-        out = fn(b.input_ids, b.attention_mask, labels=b.labels, pixel_values=px.to(device), image_sizes=sizes.to(device),
-                 present=present.to(device))
-        return out.loss, label_tokens(b.labels), int(b.attention_mask.sum())
+        return {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels,
+                "pixel_values": px.to(device), "image_sizes": sizes.to(device), "present": present.to(device)}
+
+    def _forward(self, fn, batch: list[Stage1Example]):
+        x = self._inputs(batch)
+        out = fn(x["input_ids"], x["attention_mask"], labels=x["labels"], pixel_values=x["pixel_values"],
+                 image_sizes=x["image_sizes"], present=x["present"])
+        return out.loss, label_tokens(x["labels"]), int(x["attention_mask"].sum())
 
     def loss(self, engine, batch):
         if self.scfg.word_alignment > 0:
@@ -163,18 +168,12 @@ class Stage1Task(Task):
         return loss, n_tokens
 
     def _aligned_loss(self, engine, batch):
-        b = collate([self.builder.stage1(e.title, e.description, e.item_id) for e in batch], self.builder.pad_id, "right")
-        px, sizes, present = self._pixels(batch)
-        device = next(self.model.parameters()).device
-        b = b.to(device)
-        rows = torch.tensor([self._row[e.description] for e in batch], device=device)
+        x = self._inputs(batch)
+        rows = torch.tensor([self._row[e.description] for e in batch], device=x["input_ids"].device)
         align = (self.scfg.word_alignment, {"targets": self._targets, "rows": rows,
                                             "temperature": self.scfg.word_alignment_temperature,
                                             "negatives": self.scfg.word_alignment_negatives, "generator": self._generator})
-        inputs = {"input_ids": b.input_ids, "attention_mask": b.attention_mask, "labels": b.labels,
-                  "pixel_values": px.to(device), "image_sizes": sizes.to(device), "present": present.to(device)}
-        loss = engine(fn=_distill_with_alignment, inputs=inputs, align=align)
-        return loss, int(b.attention_mask.sum())
+        return engine(fn=_distill_with_alignment, inputs=x, align=align), int(x["attention_mask"].sum())
 
     def validate(self, module):
         if not self.valid_set:
