@@ -30,15 +30,17 @@ def main() -> int:
 
     from sklearn.linear_model import LogisticRegression
 
+    from lavic_ray.data.dataset import Dataset
     from lavic_ray.data.layout import Catalog
     from lavic_ray.model.checkpoints import load_checkpoint
     from lavic_ray.model.lavic import LaViC
     from lavic_ray.model.views import pixel_views
 
-    truth = json.loads((Path(a.catalog) / "synth_truth.json").read_text())["items"]
-    manifest = json.loads((Path(a.catalog) / "synth_manifest.json").read_text())
-    attrs = [*manifest.get("decisive_attributes", ["colour", "pattern"]),
-             *(["category"] if "category" in next(iter(truth.values())) else [])]
+    dataset = Dataset(Path(a.catalog), "synthetic")
+    truth, vocabulary = dataset.attribute_truth(), dataset.attribute_vocabulary()
+    if truth is None or vocabulary is None:
+        p.error(f"{a.catalog}: not a synthetic catalog (no attribute truth or manifest)")
+    attrs = [*vocabulary, *(["category"] if "category" in next(iter(truth.values())) else [])]
     catalog = Catalog.load(a.catalog)
     ck = load_checkpoint(a.model)
     model = LaViC(ck.model, ck.image_token_id).eval()

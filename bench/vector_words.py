@@ -31,41 +31,39 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def value_embedding(tokenizer, embedding: torch.Tensor, value: str) -> torch.Tensor:
-    """The mean input embedding of a value's tokens (" polka-dot" is several)."""
-    ids = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
-    return embedding[torch.tensor(ids)].float().mean(0)
-
-
 def measure(workdir: Path, table: str) -> dict:
     from sklearn.linear_model import LogisticRegression
 
+    from lavic_ray.data.dataset import Dataset
     from lavic_ray.model.checkpoints import load_checkpoint
     from lavic_ray.model.table import VectorTable
+    from lavic_ray.train.stage1 import mean_input_embedding
 
     t = VectorTable.load(workdir / table)
-    truth = json.loads((workdir / "catalog" / "synth_truth.json").read_text())["items"]
-    manifest = json.loads((workdir / "catalog" / "synth_manifest.json").read_text())
-    attrs = manifest.get("decisive_attributes", ["colour", "pattern"])
+    dataset = Dataset(workdir / "catalog", "synthetic")
+    truth, vocabulary = dataset.attribute_truth(), dataset.attribute_vocabulary()
+    if truth is None or vocabulary is None:
+        raise SystemExit(f"{dataset.root}: not a synthetic catalog (no attribute truth or manifest)")
     ck = load_checkpoint(str(workdir / "models" / "small"), "float32", None)
     emb = ck.model.get_input_embeddings().weight.detach()
     items = [i for i in t.ids if i in truth]
     V = t.lookup(items).float()  # (N, 5, hidden)
     Vn = F.normalize(V, dim=-1)
+    flat = V.reshape(len(items), -1).numpy()  # the 5 vectors side by side, for the linear probe
     out: dict = {"workdir": str(workdir), "items": len(items)}
     rng = np.random.RandomState(0)
     perm = rng.permutation(len(items))
     train, test = perm[: len(items) * 6 // 10], perm[len(items) * 6 // 10:]
-    for a in attrs:
+    for a in vocabulary:  # the decisive attributes
         values = sorted({truth[i][a] for i in items})
-        W = F.normalize(torch.stack([value_embedding(ck.tokenizer, emb, v) for v in values]), dim=-1)
+        W = F.normalize(torch.stack([mean_input_embedding(ck.tokenizer, emb, v) for v in values]), dim=-1)
         y = torch.tensor([values.index(truth[i][a]) for i in items])
         sims = Vn @ W.T  # (N, 5, values)
         per_slot = [round(float((sims[:, k].argmax(-1) == y).float().mean()), 3) for k in range(V.shape[1])]
         mean = round(float((sims.mean(1).argmax(-1) == y).float().mean()), 3)
-        clf = LogisticRegression(max_iter=2000).fit(V.reshape(len(items), -1)[train].numpy(), y[train].numpy())
+        clf = LogisticRegression(max_iter=2000).fit(flat[train], y[train].numpy())
         out[a] = {"values": len(values), "chance": round(1 / len(values), 3), "words_per_slot": per_slot,
-                  "words_mean": mean, "linear": round(float(clf.score(V.reshape(len(items), -1)[test].numpy(), y[test].numpy())), 3)}
+                  "words_mean": mean, "linear": round(float(clf.score(flat[test], y[test].numpy())), 3)}
     return out
 
 

@@ -43,15 +43,17 @@ def stage1_examples(catalog: Catalog) -> list[Stage1Example]:
     ]
 
 
+def mean_input_embedding(tokenizer, embedding: torch.Tensor, text: str) -> torch.Tensor:
+    """The mean of the input embeddings of ``" " + text``'s tokens (EOS's for a text with none), in fp32."""
+    ids = tokenizer(" " + text, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
+    return embedding[torch.tensor(ids)].float().mean(0)
+
+
 def description_targets(descriptions: list[str], tokenizer, embedding: torch.Tensor) -> torch.Tensor:
     """One unit row per description: the mean of its tokens' input embeddings, minus the mean of those
     means over all the descriptions (what every description shares - its template words - cancels, so
     what tells descriptions apart, such as their attribute words, remains)."""
-    rows = []
-    for d in descriptions:
-        ids = tokenizer(" " + d, add_special_tokens=False)["input_ids"] or [tokenizer.eos_token_id]
-        rows.append(embedding[torch.tensor(ids)].float().mean(0))
-    means = torch.stack(rows)
+    means = torch.stack([mean_input_embedding(tokenizer, embedding, d) for d in descriptions])
     return F.normalize(means - means.mean(0, keepdim=True), dim=-1)
 
 
