@@ -8,7 +8,9 @@ the vectors stage 2 sees), its small model's input embeddings and the synthetic 
   to the input embedding of their own attribute value (e.g. " teal") than to any other value's
   (chance: 1 / the number of values). How "word-like" the vectors are.
 * ``linear``: a logistic regression from the 5 vectors (concatenated) to the attribute, fitted on 60%
-  of the items, scored on the rest: whether the information is there at all.
+  of the items, scored on the rest: whether the information is there at all. The features are not
+  standardised (as every figure recorded with it was measured), so this is a lower bound;
+  ``bench/linear_probe.py`` standardises, which matters for one rescaled vector (0.444 -> 0.906 there).
 
 Measured (bench/RESULTS.md): stage 2 left chance early where ``words`` was high, late where it was low,
 whatever ``linear`` said - which is what ``stage1.word_alignment`` acts on.
