@@ -4,9 +4,10 @@ Fits a logistic regression on the train-pool items of a synthetic catalog and sc
 valid/test-pool items, for two features of each item's primary image: the vision tower's [CLS]
 of the base view at LaViC's feature layer (-2), and that [CLS] through the projector and LaViC's
 rescaling (vector 0 of the item's 5), each standardised on the train split; and the mean cosine
-between the [CLS] and the mean of the base view's patch tokens, in the tower and through the projector. The attributes are the catalog manifest's decisive ones (colour and
-pattern for the products scheme, motif and build for gadgets). The labels come from ``synth_truth.json`` (never a model
-input); this is a diagnostic of the vision side, not part of any pipeline.
+between the [CLS] and the mean of the base view's patch tokens, in the tower and through the
+projector. The attributes are the catalog manifest's decisive ones (colour and pattern for the
+products scheme, motif and build for gadgets). The labels come from ``synth_truth.json`` (never a
+model input); this is a diagnostic of the vision side, not part of any pipeline.
 
 (scikit-learn comes with sentence-transformers.)
 
@@ -48,6 +49,7 @@ def main() -> int:
     ck = load_checkpoint(a.model)
     model = LaViC(ck.model, ck.image_token_id).eval()
     ids = sorted(truth)
+    proj = ck.model.model.multi_modal_projector
     cls, vec, near = [], [], []
     with torch.no_grad():
         for start in range(0, len(ids), 32):
@@ -57,7 +59,6 @@ def main() -> int:
             cls.append(hidden[:, 0])
             vec.append(model.image_vectors(px, sizes, present)[:, 0])
             # is the [CLS] foreign to the projector, which LLaVA trains on the patch tokens only?
-            proj = ck.model.model.multi_modal_projector
             near.append(torch.stack([F.cosine_similarity(hidden[:, 0], hidden[:, 1:].mean(1)),
                                      F.cosine_similarity(proj(hidden[:, 0]), proj(hidden[:, 1:]).mean(1))], 1))
     train = [k for k, i in enumerate(ids) if truth[i]["pool"] == "train"]

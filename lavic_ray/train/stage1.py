@@ -159,8 +159,7 @@ class Stage1Task(Task):
 
     def _forward(self, fn, batch: list[Stage1Example]):
         x = self._inputs(batch)
-        out = fn(x["input_ids"], x["attention_mask"], labels=x["labels"], pixel_values=x["pixel_values"],
-                 image_sizes=x["image_sizes"], present=x["present"])
+        out = fn(**x)
         return out.loss, label_tokens(x["labels"]), int(x["attention_mask"].sum())
 
     def loss(self, engine, batch):
