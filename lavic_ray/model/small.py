@@ -149,7 +149,8 @@ def cpu_bf16_is_native() -> bool:
 
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, llm_lora_r: int = 16,
-                      autocast: bool | None = None, progress_file: Path | None = None) -> list[float]:
+                      autocast: bool | None = None, tower_lr_scale: float = 1.0,
+                      progress_file: Path | None = None) -> list[float]:
     """Train the vision tower + projector (full parameters); the LLM frozen, or tuned with LoRA.
 
     With ``llm_lora_r > 0`` the language model is tuned too, through a LoRA adapter
@@ -160,7 +161,9 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     0 of 20 test colours; with LoRA r 16 it reached 0.22 within 30 steps.
 
     ``autocast`` (default: where bf16 is native, see :func:`cpu_bf16_is_native`) runs the
-    forward in bf16 with fp32 weights.
+    forward in bf16 with fp32 weights. ``tower_lr_scale`` scales the vision tower's learning
+    rate against the projector's and the LoRA's (0: the tower frozen, as LLaVA keeps its CLIP
+    tower; LLaVA-1.6 tunes it at a tenth of the LLM's rate).
 
     Returns:
         The mean training loss of each epoch.
@@ -168,7 +171,8 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     model = ck.model
     for p in model.parameters():
         p.requires_grad_(False)
-    vision = [p for n, p in model.named_parameters() if "vision_tower" in n or "multi_modal_projector" in n or "image_newline" in n]
+    tower_params = [p for n, p in model.named_parameters() if "vision_tower" in n] if tower_lr_scale > 0 else []
+    vision = tower_params + [p for n, p in model.named_parameters() if "multi_modal_projector" in n or "image_newline" in n]
     for p in vision:
         p.requires_grad_(True)
     peft_model = None
@@ -187,9 +191,13 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
         raise InvalidInput("the catalog has no image with a description to train the vision side on")
     if autocast is None:
         autocast = cpu_bf16_is_native()
-    opt = torch.optim.AdamW(vision, lr=lr, weight_decay=0.0)
+    tower_ids = {id(p) for p in tower_params}
+    groups = [{"params": [p for p in vision if id(p) not in tower_ids], "lr": lr}]
+    if tower_params:
+        groups.append({"params": tower_params, "lr": lr * tower_lr_scale})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
     steps = epochs * ((len(data) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.1)
     views = ViewCache(ck.image_processor)
     rng = random.Random(seed)
     history = []
@@ -231,14 +239,15 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
 
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
-                      contrastive_epochs: int = 40, llm_lora_r: int = 16) -> Path:
+                      contrastive_epochs: int = 40, llm_lora_r: int = 16, tower_lr_scale: float = 1.0) -> Path:
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
     catalog = Catalog.load(catalog_root)
     progress = Path(out) / "progress.json"
     contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed,
                                               progress_file=progress) if contrastive_epochs else []
-    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r, progress_file=progress)
+    history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r,
+                                tower_lr_scale=tower_lr_scale, progress_file=progress)
     out = save_checkpoint(ck, out)
     import json
 
@@ -247,5 +256,6 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
         "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, then full image tokens -> description (vision side in full, the LLM through LoRA merged into its weights)",
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
         "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "llm_lora_r": llm_lora_r,
+        "tower_lr_scale": tower_lr_scale,
     }, indent=1))
     return out

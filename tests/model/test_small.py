@@ -35,3 +35,13 @@ def test_full_token_step_can_keep_the_llm_frozen(tiny, synth_root):
     train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0, autocast=False)
     after = _llm_weights(tiny.model)
     assert all(torch.equal(llm[n], after[n]) for n in llm)
+
+
+def test_full_token_step_can_keep_the_tower_frozen(tiny, synth_root):
+    before = _vision_weights(tiny.model)
+    train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0, autocast=False,
+                      tower_lr_scale=0.0)
+    after = _vision_weights(tiny.model)
+    tower = [n for n in before if "vision_tower" in n]
+    assert tower and all(torch.equal(before[n], after[n]) for n in tower)  # LLaVA's recipe: the tower stays as it was
+    assert any(not torch.equal(before[n], after[n]) for n in before if "multi_modal_projector" in n)
