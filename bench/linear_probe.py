@@ -1,9 +1,10 @@
 """Is each decisive attribute (and the category) linearly readable from a small model's image features?
 
 Fits a logistic regression on the train-pool items of a synthetic catalog and scores it on the
-valid/test-pool items, for two features of each item's primary image: the vision tower's [CLS]
-of the base view at LaViC's feature layer (-2), and that [CLS] through the projector and LaViC's
-rescaling (vector 0 of the item's 5), each standardised on the train split; and the mean cosine
+valid/test-pool items, for three features of each item's primary image: the vision tower's [CLS]
+of the base view at LaViC's feature layer (-2); the [CLS] of every view side by side (what LaViC's
+5 vectors are made from); and the base view's [CLS] through the projector and LaViC's rescaling
+(vector 0 of the item's 5), each standardised on the train split; and the mean cosine
 between the [CLS] and the mean of the base view's patch tokens, in the tower and through the
 projector. The attributes are the catalog manifest's decisive ones (colour and pattern for the
 products scheme, motif and build for gadgets). The labels come from ``synth_truth.json`` (never a
@@ -50,13 +51,17 @@ def main() -> int:
     model = LaViC(ck.model, ck.image_token_id).eval()
     ids = sorted(truth)
     proj = ck.model.model.multi_modal_projector
-    cls, vec, near = [], [], []
+    cls, views, vec, near = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(ids), 32):
             items = [catalog[i] for i in ids[start: start + 32]]
             px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path for it in items])
-            hidden = ck.model.model.vision_tower(px[:, 0], output_hidden_states=True).hidden_states[model.feature_layer]
+            tower = ck.model.model.vision_tower
+            hidden = tower(px[:, 0], output_hidden_states=True).hidden_states[model.feature_layer]
             cls.append(hidden[:, 0])
+            # every view's [CLS], side by side: what LaViC's 5 vectors are made from
+            views.append(torch.cat([hidden[:, 0]] + [tower(px[:, v], output_hidden_states=True).hidden_states[model.feature_layer][:, 0]
+                                                     for v in range(1, px.shape[1])], 1))
             vec.append(model.image_vectors(px, sizes, present)[:, 0])
             # is the [CLS] foreign to the projector, which LLaVA trains on the patch tokens only?
             near.append(torch.stack([F.cosine_similarity(hidden[:, 0], hidden[:, 1:].mean(1)),
@@ -66,7 +71,8 @@ def main() -> int:
     near = torch.cat(near).mean(0)
     out = {"model": a.model, "train_items": len(train), "heldout_items": len(held),
            "cos_cls_mean_patch_tower": round(float(near[0]), 3), "cos_cls_mean_patch_projected": round(float(near[1]), 3)}
-    for name, feats in (("cls", torch.cat(cls).numpy()), ("vector0", torch.cat(vec).numpy())):
+    for name, feats in (("cls", torch.cat(cls).numpy()), ("cls_all_views", torch.cat(views).numpy()),
+                        ("vector0", torch.cat(vec).numpy())):
         # standardised on the train split: vector 0 is rescaled to the word-embedding norm (~3 over 576
         # dimensions), where an unscaled regularised regression underfits (seed 1's build read colour 0.444
         # from vector 0 so, 0.906 standardised - the figure that sent an earlier session after its build)

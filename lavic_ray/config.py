@@ -172,8 +172,9 @@ class SmallModelConfig(Strict):
     batch_size: int = Field(8, ge=1)
     contrastive_epochs: int = Field(40, ge=0, description="CLIP-style tower pretraining epochs first (0: skip)")
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
-    tower_lr_scale: float = Field(1.0, ge=0, description="the vision tower's learning rate in the full-token step, as a "
-                                                         "fraction of lr (0: the tower frozen there, as LLaVA keeps it)")
+    tower_lr_scale: float = Field(0.0, ge=0, description="the vision tower's learning rate in the full-token step, as a "
+                                                         "fraction of lr (0: frozen after its contrastive step, as LLaVA keeps "
+                                                         "its CLIP tower; 1: trained in full, as before preset v5)")
     vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
