@@ -50,13 +50,12 @@ def main() -> int:
     ck = load_checkpoint(a.model)
     model = LaViC(ck.model, ck.image_token_id).eval()
     ids = sorted(truth)
-    proj = ck.model.model.multi_modal_projector
+    proj, tower = ck.model.model.multi_modal_projector, ck.model.model.vision_tower
     cls, views, vec, near = [], [], [], []
     with torch.no_grad():
         for start in range(0, len(ids), 32):
             items = [catalog[i] for i in ids[start: start + 32]]
             px, sizes, present = pixel_views(ck.image_processor, [it.primary_image.path for it in items])
-            tower = ck.model.model.vision_tower
             hidden = tower(px[:, 0], output_hidden_states=True).hidden_states[model.feature_layer]
             cls.append(hidden[:, 0])
             # every view's [CLS], side by side: what LaViC's 5 vectors are made from

@@ -167,7 +167,7 @@ class ModelConfig(Strict):
 class SmallModelConfig(Strict):
     """How ``model.checkpoint: small`` is built (``lavic small-model``; the 7B checkpoint skips this)."""
 
-    epochs: int = Field(2, ge=1, description="full-token epochs: image tokens -> description, vision side in full, LLM via LoRA")
+    epochs: int = Field(2, ge=1, description="full-token epochs: image tokens -> description, the projector in full, LLM via LoRA")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     contrastive_epochs: int = Field(40, ge=0, description="CLIP-style tower pretraining epochs first (0: skip)")
