@@ -195,8 +195,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
         raise InvalidInput("the catalog has no image with a description to train the vision side on")
     if autocast is None:
         autocast = cpu_bf16_is_native()
-    tower_ids = {id(p) for p in tower_params}
-    groups = [{"params": [p for p in vision if id(p) not in tower_ids], "lr": lr}]
+    groups = [{"params": vision[len(tower_params):], "lr": lr}]  # vision = the tower's, then the rest (projector, LoRA)
     if tower_params:
         groups.append({"params": tower_params, "lr": lr * tower_lr_scale})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
