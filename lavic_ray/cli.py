@@ -98,7 +98,7 @@ def cmd_synth(args) -> int:
     from lavic_ray.data.synthetic import generate
     from lavic_ray.retrieval import make_retriever
 
-    cfg = _load(args, [f"synth.{k}={getattr(args, k)}" for k in ("items", "conversations", "scheme", "image_size")
+    cfg = _load(args, [f"synth.{k}={getattr(args, k)}" for k in ("items", "conversations", "scheme", "image_size", "motif_scale")
                        if getattr(args, k) is not None]
                 + ([f"synth.seed={args.synth_seed}"] if args.synth_seed is not None else []))
     manifest = generate(cfg.synth, args.out, make_retriever("sbert", cfg.retrieval), force=args.force)
@@ -400,6 +400,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=["products", "gadgets"], help="synth.scheme: products (default: decisive colour "
                    "and pattern, 672 px) or gadgets (other objects; decisive motif and build; 336 px)")
     p.add_argument("--image-size", type=int, help="synth.image_size (default: the scheme's)")
+    p.add_argument("--motif-scale", type=float, help="synth.motif_scale: gadgets only, the motif's size as a multiple of "
+                                                     "the default (1.0)")
     p.add_argument("--force", action="store_true", help="replace a previous synthetic dataset in --out")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     _config_args(p)

@@ -73,6 +73,10 @@ class SynthConfig(Strict):
                                 "or 'gadgets' (bottles, clocks, ...; decisive motif and build, colour a distractor)")
     image_size: int | None = Field(None, ge=112, description="square image side; None: the scheme's (products 672, which "
                                                              "gives LLaVA-Next 5 views; gadgets 336)")
+    motif_scale: float = Field(1.0, gt=0, le=2.0, description="gadgets only: the motif's size as a multiple of the "
+                                                              "default (a radius of ~30% of the body's width); measured, "
+                                                              "the small model's 112-px tower cannot tell the default "
+                                                              "motifs apart well (bench/RESULTS.md, 'Preset v5')")
     jpeg_quality: int = Field(90, ge=50, le=100)
     split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
     #: Disjoint item pools: a split's ground truth and candidates come from its own pool,
@@ -83,6 +87,12 @@ class SynthConfig(Strict):
     isbn_fraction: float = Field(0.1, ge=0, le=1, description="share of ISBN-10-shaped IDs")
     duplicate_fraction: float = Field(0.06, ge=0, le=1, description="share of items that copy another's colour+pattern (multi-item ground truth)")
     second_image_fraction: float = Field(0.1, ge=0, le=1, description="share of items with a second image")
+
+    @model_validator(mode="after")
+    def _motif_scale_needs_gadgets(self) -> "SynthConfig":
+        if self.motif_scale != 1.0 and self.scheme != "gadgets":
+            raise ValueError(f"synth.motif_scale applies to the gadgets scheme only (scheme is {self.scheme!r})")
+        return self
 
 
 class DatasetConfig(Strict):

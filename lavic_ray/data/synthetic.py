@@ -305,6 +305,11 @@ def describe(item: SynthItem, scheme: Scheme = PRODUCTS) -> str:
     return scheme.describe(item.category, item.attributes, item.item_id)
 
 
+def render_options(cfg: SynthConfig) -> dict:
+    """The scheme's own drawing options from ``synth`` (gadgets: ``motif_scale``)."""
+    return {"motif_scale": cfg.motif_scale} if cfg.scheme == "gadgets" else {}
+
+
 def image_size(cfg: SynthConfig) -> int:
     """The image side: ``synth.image_size``, or the scheme's own (products 672, gadgets 336)."""
     return cfg.image_size or scheme_of(cfg).image_size
@@ -472,7 +477,8 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
     images.mkdir(parents=True, exist_ok=True)
     for n, it in enumerate(items, start=1):
         for k in range(it.n_images):
-            img = scheme.render(it.category, it.attributes, image_size(cfg), seed=f"{cfg.seed}:{it.item_id}:{k}")
+            img = scheme.render(it.category, it.attributes, image_size(cfg), seed=f"{cfg.seed}:{it.item_id}:{k}",
+                                **render_options(cfg))
             tmp = images / f".{it.item_id}_{k}.jpg.tmp"
             img.save(tmp, format="JPEG", quality=cfg.jpeg_quality)
             tmp.replace(images / f"{it.item_id}_{k}.jpg")
@@ -527,6 +533,7 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
     if scheme is not PRODUCTS:  # (the default's manifest stays as it was)
         manifest["scheme"] = scheme.name
         manifest["image_size"] = image_size(cfg)
+        manifest.update(render_options(cfg))
     manifest["vocabulary"] = {a: {v: list(w) for v, w in vals.items()} for a, vals in scheme.vocabulary.items()}
     write_json(out / MANIFEST_FILE, manifest)
     write_config(out, cfg)
