@@ -95,7 +95,7 @@ def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
         if not workflow.stage_done(art.stage1):
             timed("stage 1", workflow.stage1, cfg, art)
         return {}
-    items = sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
+    items = _probe_items(truth)
     res = cfg.eval.resources  # the probe loads the model: a Ray task where eval.resources says, not the driver
     run = functools.partial(remote_call, probe_descriptions, num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
     if "before" not in probe:
@@ -106,6 +106,27 @@ def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
         probe.pop("after", None)
     if "after" not in probe:
         probe["after"] = timed("probe after stage 1", run, cfg, items, art.stage1 / "adapter")
+    atomic_write_text(art.probe, json.dumps(probe, indent=1))
+    return probe
+
+
+def _probe_items(truth: dict) -> list[str]:
+    """The items every probe describes: the first 40 of the test pool."""
+    return sorted(i for i, t in truth.items() if t["pool"] == "test")[:40]
+
+
+def _probe_teacher(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict:
+    """``probe["teacher"]``: the probe's reading of the full-token model's own descriptions of the same items (run
+    when stage 2 of ``lavic`` did not learn, to tell an attribute the model cannot see from one the vectors lost)."""
+    from lavic_ray.eval.probe import score_descriptions
+    from lavic_ray.pipeline.describe import describe_items
+
+    ds = workflow.dataset(cfg)
+    truth, items = ds.attribute_truth(), _probe_items(ds.attribute_truth())
+    res = cfg.eval.resources
+    texts = timed("probe of the teacher", remote_call, describe_items, cfg, items, num_cpus=res.cpus_per_actor,
+                  num_gpus=res.gpus_per_actor)
+    probe["teacher"] = score_descriptions(items, texts, truth, ds.attribute_vocabulary())
     atomic_write_text(art.probe, json.dumps(probe, indent=1))
     return probe
 
@@ -166,9 +187,12 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         plotted = _plot(histories, art.report / "training_curves.png")
         for name in runs:
             results[name].update(_verdict(histories[f"stage2 {name}"]))
+        if probe and results.get("lavic", {}).get("learned") is False and "teacher" not in probe:
+            probe = _probe_teacher(cfg, art, probe, timed)
         timings["total"] = round(time.monotonic() - t_start, 1)
         _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted, reused)
     console.line(format_table(results))
+    blind = _blind_text(probe)
     for name in runs:
         if results[name]["learned"] is False:
             curve = ", ".join(f"step {s}: {h:.2f}" for s, h in results[name]["valid_curve"])
@@ -176,6 +200,8 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
                 console.line(f"WARNING: stage 2 of {name} did not learn: its validation HR@1 stayed at chance "
                              f"({results[name]['valid_chance_hr@1']:.2f}): {curve}. Its test figures are an untrained "
                              "reranker's; see the report")
+                if blind:
+                    console.line(blind)
             else:
                 console.line(f"note: the ablation {name} stayed at chance ({curve}): what it lacks is what decides here")
     console.line(f"report: {art.report / 'report.md'}")
@@ -194,17 +220,50 @@ def _verdict(history: list[dict]) -> dict:
     return out
 
 
+def _blind_text(probe: dict) -> str | None:
+    """What the probes say of the decisive attributes the 5 vectors do not carry after stage 1 (None: every one is
+    carried, or no probe ran): whether the full-token model (the teacher) names them, where it was probed."""
+    from lavic_ray.eval.probe import near_chance
+
+    after = near_chance(probe.get("after", {})) if probe else {}
+    if not after:
+        return None
+    unseen = near_chance(probe.get("teacher", {}))
+    lost = {a: v for a, v in after.items() if a not in unseen}
+    out = []
+    if lost:
+        what = ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in lost.items())
+        it = "it" if len(lost) == 1 else "them"
+        out.append(f"After stage 1, descriptions generated from the 5 vectors name the {' and the '.join(lost)} no "
+                   f"better than a guess ({what}; {probe['after']['items']} items): the vectors do not carry {it} in a "
+                   f"form the LLM reads, so stage 2 cannot match requests on {it}.")
+    both = {a: unseen[a] for a in after if a in unseen}
+    if both:
+        what = ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in both.items())
+        it = "it" if len(both) == 1 else "them"
+        out.append(f"The model cannot name the {' and the '.join(both)} even from all its image tokens ({what}; "
+                   f"{probe['teacher']['items']} items), nor from the 5 vectors after stage 1: the teacher LaViC distils "
+                   f"from does not see {it}, so no stage can put {it} into the vectors: the limit is the model's "
+                   "vision side (the quickstart's small model trains its own from scratch on the catalog), not "
+                   "LaViC's stages.")
+    return " ".join(out)
+
+
 def _probe_lines(probe: dict) -> list[str]:
     attrs = probe["after"].get("attributes", ["colour", "pattern"])
+    blind = _blind_text(probe)
     return [
         "## Stage 1: is the image in the 5 vectors?", "",
-        f"Descriptions generated from the title + 5 vectors of {probe['after']['items']} test-pool items; share naming "
-        f"the true {' / '.join(attrs)} first:", "",
+        f"Descriptions generated from the title + 5 vectors of {probe['after']['items']} test-pool items (the teacher's "
+        f"row, where shown: from all the image's tokens, with the `describe` prompt); share naming the true "
+        f"{' / '.join(attrs)} first:", "",
         "| | " + " | ".join(attrs) + " |", "|---|" + "---|" * len(attrs),
-        *[f"| {when} stage 1 | " + " | ".join(f"{probe[key][f'{a}_accuracy']:.3f}" for a in attrs) + " |"
-          for when, key in (("before", "before"), ("after", "after"))], "",
+        *[f"| {when} | " + " | ".join(f"{probe[key][f'{a}_accuracy']:.3f}" for a in attrs) + " |"
+          for when, key in (("the teacher: all image tokens (probed as stage 2 did not learn)", "teacher"),
+                            ("before stage 1", "before"), ("after stage 1", "after")) if key in probe], "",
         "Examples after stage 1:", "",
         *[f"- {e['item_id']} (truth: {e['truth']}): {e['generated'][:200]}" for e in probe["after"]["examples"]], "",
+        *([f"**{blind}**", ""] if blind else []),
     ]
 
 

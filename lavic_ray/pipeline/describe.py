@@ -28,6 +28,7 @@ from lavic_ray.config import DescribeConfig, LavicConfig
 from lavic_ray.data.descriptions import DESCRIPTIONS_FILE, SCHEMA, read_descriptions
 from lavic_ray.data.images import check_image
 from lavic_ray.data.layout import Catalog
+from lavic_ray.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,28 @@ class Describer:
         texts, counts = self.describe([str(t) for t in batch["title"]], [str(p) for p in batch["path"]])
         return {"item_id": list(batch["item_id"]), "image_name": list(batch["image_name"]), "description": texts,
                 "tokens": counts}
+
+
+def describe_items(cfg: LavicConfig, item_ids: list[str]) -> list[str]:
+    """Greedy full-token descriptions of the primary images of ``item_ids`` (in their order), in this process,
+    with ``model.checkpoint`` and the ``describe`` prompt: what the teacher says about each."""
+    d: DescribeConfig = cfg.describe
+    catalog = Catalog.load(cfg.dataset.root, cfg.dataset.images_dir)
+    bad = {}
+    for i in item_ids:
+        im = catalog[i].primary_image
+        reason = "no image" if im is None or im.path is None else check_image(im.path)
+        if reason:
+            bad[i] = reason
+    if bad:
+        raise InvalidInput(f"{len(bad)} items have no readable image to describe: "
+                           + "; ".join(f"{i}: {r}" for i, r in list(bad.items())[:3]))
+    describer = Describer(cfg.model.checkpoint, cfg.model.dtype, d.model_dump(), d.prefix, d.suffix, d.max_new_tokens)
+    texts: list[str] = []
+    for i in range(0, len(item_ids), d.batch_size):
+        items = [catalog[x] for x in item_ids[i: i + d.batch_size]]
+        texts += describer.describe([it.title for it in items], [str(it.primary_image.path) for it in items])[0]
+    return texts
 
 
 def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, use_ray: bool = True) -> dict:

@@ -41,6 +41,11 @@ def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
         assert (f"WARNING: stage 2 of {v} did not learn" if v == "lavic" else f"the ablation {v} stayed at chance") in proc.stderr
     report_md = (workdir / "report" / "report.md").read_text()
     assert ("**Stage 2 of `lavic` did not learn**" in report_md) == ("lavic" in stuck)
+    # where it did not learn, the teacher (all image tokens) is probed too, on the stage-1 probe's items
+    probe = json.loads((workdir / "probe.json").read_text())
+    assert ("teacher" in probe) == ("lavic" in stuck) == ("| the teacher: all image tokens" in report_md)
+    if "teacher" in probe:
+        assert probe["teacher"]["items"] == probe["after"]["items"] and "colour_chance" in probe["teacher"]
     if os.cpu_count() == 2:  # the preset's 1 CPU per run: the variants with vectors side by side, then title-only on both cores
         assert "stage 2: 3 variants, 2 at a time: lavic + lavic-no-distill then lavic-title-only" in log
         assert "lavic-title-only on 2 CPUs per worker" in log
@@ -57,4 +62,4 @@ def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
     assert again.returncode == 0, again.stderr[-4000:]
     assert json.loads(again.stdout.strip().splitlines()[-1]) == results
     rerun_log = max((workdir / "logs").glob("quickstart-*.log"), key=lambda p: p.stat().st_mtime).read_text()
-    assert "stage 1 took" not in rerun_log
+    assert "stage 1 took" not in rerun_log and "probe of the teacher took" not in rerun_log

@@ -47,6 +47,7 @@ def test_probe_builds_the_model_the_config_says(tiny_dir, synth_root, monkeypatc
     truth = __import__("json").loads((synth_root / "synth_truth.json").read_text())["items"]
     out = probe.probe_descriptions(cfg, sorted(truth)[:2], max_new_tokens=2)
     assert out["items"] == 2 and seen["cfg"].scale_vectors is False and seen["cfg"].feature_layer == -1
+    assert out["colour_chance"] == 1 / 8 and out["pattern_chance"] == 1 / 4  # what near_chance judges against
 
 
 def test_formulations_registry_matches_the_config():

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pyarrow.parquet as pq
+import pytest
 
 from lavic_ray.config import load_config
 
@@ -52,3 +54,21 @@ def test_batched_generation_matches_one_at_a_time(tiny_dir, synth_root):
     batched, _ = d.describe(titles, paths)
     single = [d.describe([t], [p])[0][0] for t, p in zip(titles, paths)]
     assert batched == single
+
+
+def test_describe_items_says_what_the_teacher_sees_of_each_item_in_order(tmp_path, tiny_dir, synth_root):
+    """The quickstart's teacher probe: one greedy description per item's primary image, as Describer gives it."""
+    from lavic_ray.data.layout import Catalog
+    from lavic_ray.errors import InvalidInput
+    from lavic_ray.pipeline.describe import Describer, describe_items
+
+    cfg = _cfg(tiny_dir, f"dataset.root={synth_root}")
+    items = [it for it in Catalog.load(synth_root) if it.primary_image and it.primary_image.path][:4]
+    texts = describe_items(cfg, [it.item_id for it in reversed(items)])
+    d = Describer(str(tiny_dir), prefix=cfg.describe.prefix, suffix=cfg.describe.suffix, max_new_tokens=6)
+    assert texts == d.describe([it.title for it in reversed(items)], [str(it.primary_image.path) for it in reversed(items)])[0]
+    root = tmp_path / "catalog"
+    shutil.copytree(synth_root, root)
+    (root / "images" / items[0].primary_image.path.name).unlink()
+    with pytest.raises(InvalidInput, match="1 items have no readable image to describe"):
+        describe_items(_cfg(tiny_dir, f"dataset.root={root}"), [it.item_id for it in items])
