@@ -122,7 +122,8 @@ def _probe_teacher(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict
     from lavic_ray.pipeline.describe import describe_items
 
     ds = workflow.dataset(cfg)
-    truth, items = ds.attribute_truth(), _probe_items(ds.attribute_truth())
+    truth = ds.attribute_truth()
+    items = _probe_items(truth)
     res = cfg.eval.resources
     texts = timed("probe of the teacher", remote_call, describe_items, cfg, items, num_cpus=res.cpus_per_actor,
                   num_gpus=res.gpus_per_actor)
@@ -228,24 +229,26 @@ def _blind_text(probe: dict) -> str | None:
     after = near_chance(probe.get("after", {})) if probe else {}
     if not after:
         return None
-    unseen = near_chance(probe.get("teacher", {}))
+    teacher = probe.get("teacher")
+    unseen = near_chance(teacher or {})
     lost = {a: v for a, v in after.items() if a not in unseen}
     out = []
     if lost:
         what = ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in lost.items())
         it = "it" if len(lost) == 1 else "them"
+        seen = (f" (from all its image tokens the model names {it}: "
+                + ", ".join(f"{a} {teacher[f'{a}_accuracy']:.3f}" for a in lost) + ")") if teacher else ""
         out.append(f"After stage 1, descriptions generated from the 5 vectors name the {' and the '.join(lost)} no "
-                   f"better than a guess ({what}; {probe['after']['items']} items): the vectors do not carry {it} in a "
-                   f"form the LLM reads, so stage 2 cannot match requests on {it}.")
+                   f"better than a guess ({what}; {probe['after']['items']} items){seen}: the vectors do not carry "
+                   f"{it} in a form the LLM reads, so stage 2 cannot match requests on {it}.")
     both = {a: unseen[a] for a in after if a in unseen}
     if both:
         what = ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in both.items())
         it = "it" if len(both) == 1 else "them"
         out.append(f"The model cannot name the {' and the '.join(both)} even from all its image tokens ({what}; "
-                   f"{probe['teacher']['items']} items), nor from the 5 vectors after stage 1: the teacher LaViC distils "
-                   f"from does not see {it}, so no stage can put {it} into the vectors: the limit is the model's "
-                   "vision side (the quickstart's small model trains its own from scratch on the catalog), not "
-                   "LaViC's stages.")
+                   f"{teacher['items']} items), nor from the 5 vectors after stage 1: the teacher LaViC distils from "
+                   f"does not see {it}, and no stage can put {it} into the vectors. The limit is the model's vision "
+                   "side (the quickstart's small model trains its own from scratch on the catalog), not LaViC's stages.")
     return " ".join(out)
 
 

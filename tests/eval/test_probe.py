@@ -30,7 +30,9 @@ def test_the_report_and_console_name_what_the_vectors_lack():
 def test_the_teacher_probe_tells_an_attribute_the_model_cannot_see_from_one_the_vectors_lost():
     probe = {"after": result(motif=(0.175, 1 / 6), build=(0.3, 1 / 3)), "teacher": result(motif=(0.2, 1 / 6), build=(0.9, 1 / 3))}
     text = _blind_text(probe)
-    assert "name the build no better than a guess (build 0.300, chance 0.333; 40 items)" in text  # the teacher sees it
+    # the teacher sees the build: the vectors lost it
+    assert "name the build no better than a guess (build 0.300, chance 0.333; 40 items) (from all its image tokens the " \
+           "model names it: build 0.900)" in text
     assert "cannot name the motif even from all its image tokens (motif 0.200, chance 0.167; 40 items)" in text
 
 
