@@ -75,8 +75,9 @@ class SynthConfig(Strict):
                                                              "gives LLaVA-Next 5 views; gadgets 336)")
     motif_scale: float = Field(1.0, gt=0, le=2.0, description="gadgets only: the motif's size as a multiple of the "
                                                               "default (a radius of ~30% of the body's smaller side); measured, "
-                                                              "the small model's 112-px tower tells the default motifs "
-                                                              "apart only weakly (bench/RESULTS.md, 'The gadgets motif')")
+                                                              "the quickstart's small model names the motif no better "
+                                                              "than chance at 1.0-2.0x, even from all its image tokens "
+                                                              "(bench/RESULTS.md, 'The gadgets motif, continued')")
     jpeg_quality: int = Field(90, ge=50, le=100)
     split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
     #: Disjoint item pools: a split's ground truth and candidates come from its own pool,

@@ -231,11 +231,15 @@ def _blind_text(probe: dict) -> str | None:
         return None
     teacher = probe.get("teacher")
     unseen = near_chance(teacher or {})
-    lost = {a: v for a, v in after.items() if a not in unseen}
+
+    def figures(found: dict) -> tuple[str, str]:
+        return (", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in found.items()),
+                "it" if len(found) == 1 else "them")
+
     out = []
+    lost = {a: v for a, v in after.items() if a not in unseen}
     if lost:
-        what = ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in lost.items())
-        it = "it" if len(lost) == 1 else "them"
+        what, it = figures(lost)
         seen = (f" (from all its image tokens the model names {it}: "
                 + ", ".join(f"{a} {teacher[f'{a}_accuracy']:.3f}" for a in lost) + ")") if teacher else ""
         out.append(f"After stage 1, descriptions generated from the 5 vectors name the {' and the '.join(lost)} no "
@@ -243,8 +247,7 @@ def _blind_text(probe: dict) -> str | None:
                    f"{it} in a form the LLM reads, so stage 2 cannot match requests on {it}.")
     both = {a: unseen[a] for a in after if a in unseen}
     if both:
-        what = ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in both.items())
-        it = "it" if len(both) == 1 else "them"
+        what, it = figures(both)
         out.append(f"The model cannot name the {' and the '.join(both)} even from all its image tokens ({what}; "
                    f"{teacher['items']} items), nor from the 5 vectors after stage 1: the teacher LaViC distils from "
                    f"does not see {it}, and no stage can put {it} into the vectors. The limit is the model's vision "

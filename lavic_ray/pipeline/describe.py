@@ -85,17 +85,17 @@ class Describer:
                 "tokens": counts}
 
 
+def _unreadable(image) -> str | None:
+    """Why a catalog image cannot be described (None: it can)."""
+    return "no image file" if image is None or image.path is None else check_image(image.path)
+
+
 def describe_items(cfg: LavicConfig, item_ids: list[str]) -> list[str]:
     """Greedy full-token descriptions of the primary images of ``item_ids`` (in their order), in this process,
     with ``model.checkpoint`` and the ``describe`` prompt: what the teacher says about each."""
     d: DescribeConfig = cfg.describe
     catalog = Catalog.load(cfg.dataset.root, cfg.dataset.images_dir)
-    bad = {}
-    for i in item_ids:
-        im = catalog[i].primary_image
-        reason = "no image" if im is None or im.path is None else check_image(im.path)
-        if reason:
-            bad[i] = reason
+    bad = {i: r for i in item_ids if (r := _unreadable(catalog[i].primary_image))}
     if bad:
         raise InvalidInput(f"{len(bad)} items have no readable image to describe: "
                            + "; ".join(f"{i}: {r}" for i, r in list(bad.items())[:3]))
@@ -121,7 +121,7 @@ def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, us
             if key in done or (im.description and not d.overwrite):
                 skipped += 1
                 continue
-            reason = "no image file" if im.path is None else check_image(im.path)
+            reason = _unreadable(im)
             if reason:
                 unreadable.append({"item_id": it.item_id, "image_name": im.name, "reason": reason})
                 continue
