@@ -91,10 +91,12 @@ def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
 
     truth = workflow.dataset(cfg).attribute_truth()
     probe = json.loads(art.probe.read_text()) if art.probe.is_file() else {}
-    if truth is None:  # a real dataset: no attribute truth to probe against
+    if truth is None:  # a user's dataset: no attribute truth; its words are probed if stage 2 does not learn
         if not workflow.stage_done(art.stage1):
             timed("stage 1", workflow.stage1, cfg, art)
-        return {}
+            probe.pop("words", None)
+            atomic_write_text(art.probe, json.dumps(probe, indent=1))
+        return probe
     items = _probe_items(truth)
     res = cfg.eval.resources  # the probe loads the model: a Ray task where eval.resources says, not the driver
     run = functools.partial(remote_call, probe_descriptions, num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
@@ -128,6 +130,38 @@ def _probe_teacher(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict
     texts = timed("probe of the teacher", remote_call, describe_items, cfg, items, num_cpus=res.cpus_per_actor,
                   num_gpus=res.gpus_per_actor)
     probe["teacher"] = score_descriptions(items, texts, truth, ds.attribute_vocabulary())
+    atomic_write_text(art.probe, json.dumps(probe, indent=1))
+    return probe
+
+
+def _probe_words(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict:
+    """``probe["words"]``, on a dataset without attribute truth (run when stage 2 of ``lavic`` did not learn): which
+    of the words that set its descriptions apart the model names from all its image tokens (the teacher) and from
+    the 5 vectors after stage 1, on :func:`~lavic_ray.eval.probe.word_probe_items`."""
+    from lavic_ray.eval.probe import (
+        distinctive_words,
+        vector_descriptions,
+        word_probe_items,
+        word_readout,
+    )
+    from lavic_ray.pipeline.describe import describe_items
+
+    ds = workflow.dataset(cfg)
+    catalog = ds.catalog()
+    items = word_probe_items(catalog)
+    if not items:
+        return probe
+    res = cfg.eval.resources
+    run = functools.partial(remote_call, num_cpus=res.cpus_per_actor, num_gpus=res.gpus_per_actor)
+    teacher = timed("probe of the teacher (words)", run, describe_items, cfg, items)
+    after = timed("probe after stage 1 (words)", run, vector_descriptions, cfg, items, art.stage1 / "adapter")
+    truth = [catalog[i].primary_image.description for i in items]
+    words = distinctive_words([im.description for it in catalog for im in it.images if im.description],
+                              [c.context for c in ds.conversations("train", (cfg.eval.candidates_key,))])
+    probe["words"] = {"items": len(items), "teacher": word_readout(truth, teacher, words),
+                      "after": word_readout(truth, after, words),
+                      "examples": [{"item_id": i, "description": t, "teacher": a.strip(), "after": b.strip()}
+                                   for i, t, a, b in list(zip(items, truth, teacher, after))[:3]]}
     atomic_write_text(art.probe, json.dumps(probe, indent=1))
     return probe
 
@@ -188,12 +222,15 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         plotted = _plot(histories, art.report / "training_curves.png")
         for name in runs:
             results[name].update(_verdict(histories[f"stage2 {name}"]))
-        if probe and results.get("lavic", {}).get("learned") is False and "teacher" not in probe:
-            probe = _probe_teacher(cfg, art, probe, timed)
+        if results.get("lavic", {}).get("learned") is False:
+            if "after" in probe and "teacher" not in probe:  # a synthetic catalog: its attribute truth
+                probe = _probe_teacher(cfg, art, probe, timed)
+            elif "after" not in probe and "words" not in probe:  # any other: its descriptions' words
+                probe = _probe_words(cfg, art, probe, timed)
         timings["total"] = round(time.monotonic() - t_start, 1)
         _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted, reused)
     console.line(format_table(results))
-    blind = _blind_text(probe)
+    blind = _blind_text(probe) or _words_text(probe)
     for name in runs:
         if results[name]["learned"] is False:
             curve = ", ".join(f"step {s}: {h:.2f}" for s, h in results[name]["valid_curve"])
@@ -255,7 +292,68 @@ def _blind_text(probe: dict) -> str | None:
     return " ".join(out)
 
 
+def _listing(words: list[str], limit: int = 12) -> str:
+    return ", ".join(words[:limit]) + (f" and {len(words) - limit} more" if len(words) > limit else "")
+
+
+def _words_text(probe: dict) -> str | None:
+    """On a dataset without attribute truth: which of the words that set its descriptions apart the model does not
+    read from the image, or the 5 vectors do not carry (None: no word probe ran)."""
+    from lavic_ray.eval.probe import names_word
+
+    w = probe.get("words") if probe else None
+    if not w or not w["teacher"]:
+        return None
+    order = sorted(w["teacher"], key=lambda x: (-w["teacher"][x][0], x))  # the most frequent first
+    seen = [x for x in order if names_word(w["teacher"][x])]
+    carried = [x for x in seen if x in w["after"] and names_word(w["after"][x])]
+    lost = [x for x in seen if x not in carried]
+    unseen = [x for x in order if x not in seen]
+    out = [f"Of the {len(order)} words that set this dataset's descriptions apart and that its requests use (each in 3 or "
+           f"more of the {w['items']} probed items' descriptions), the model names {len(seen)} from all its image tokens"
+           + (f" ({_listing(seen)})" if seen else "") + f"; from the title + 5 vectors after stage 1, {len(carried)} of those."]
+    if lost:
+        it = "it" if len(lost) == 1 else "them"
+        out.append(f"The vectors lost {_listing(lost)}: if the requests turn on {it}, stage 1 did not carry {it} into "
+                   "the vectors in a form the LLM reads.")
+    if unseen:
+        it = "it" if len(unseen) == 1 else "them"
+        out.append(f"It names none of {_listing(unseen)} from the image: if the requests turn on {it}, the model's "
+                   f"vision side does not see {it} and no LaViC stage can put {it} into the vectors (a word that "
+                   "varies at random, such as a description's phrasing, lands here too).")
+    return " ".join(out)
+
+
+def _word_probe_lines(probe: dict) -> list[str]:
+    w = probe["words"]
+    order = sorted(w["teacher"], key=lambda x: (-w["teacher"][x][0], x))
+
+    def share(c: list[int] | None) -> str:
+        return f"{c[1] / max(c[0], 1):.2f} / {c[3] / max(c[2], 1):.2f}" if c else "-"
+
+    text = _words_text(probe)
+    return [
+        "## Stage 1: is the image in the 5 vectors?", "",
+        (f"This dataset has no attribute truth (a synthetic catalog's `synth_truth.json`), so its descriptions' words "
+         f"are probed instead (as stage 2 of `lavic` did not learn): {w['items']} items spread over the catalog, each "
+         "described greedily from all its image tokens (the teacher, with the `describe` prompt) and from its title + "
+         "5 vectors after stage 1. Per word that sets descriptions apart (in 3 or more of them and at most half) and "
+         "that 3 or more of the training conversations use: the items whose description has it, and the share of "
+         "those / of the rest whose generated description names it. A word counts as named when the first share is "
+         "at least 0.5 above the second."), "",
+        "| word | items with it | teacher: with / without | after stage 1: with / without |", "|---|---|---|---|",
+        *[f"| {x} | {w['teacher'][x][0]} | {share(w['teacher'][x])} | {share(w['after'].get(x))} |" for x in order[:40]],
+        *([f"({len(order) - 40} rarer words not shown; all in `probe.json`)"] if len(order) > 40 else []), "",
+        "Examples:", "",
+        *[f"- {e['item_id']}: description: {e['description'][:160]} / teacher: {e['teacher'][:160]} / after stage 1: "
+          f"{e['after'][:160]}" for e in w["examples"]], "",
+        *([f"**{text}**", ""] if text else []),
+    ]
+
+
 def _probe_lines(probe: dict) -> list[str]:
+    if "after" not in probe:
+        return _word_probe_lines(probe) if probe.get("words") else []
     attrs = probe["after"].get("attributes", ["colour", "pattern"])
     blind = _blind_text(probe)
     return [

@@ -32,7 +32,6 @@ def first_mentioned(text: str, vocab: dict[str, tuple[str, ...]]) -> str | None:
     return best
 
 
-@torch.no_grad()
 def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Path | None = None,
                        max_new_tokens: int = 32, batch_size: int = 8) -> dict:
     """Generate descriptions from 5 vectors and score the words naming each decisive attribute.
@@ -46,17 +45,26 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
     Returns:
         :func:`score_descriptions` of the generated descriptions.
     """
-    from lavic_ray.model.build import build_lavic, prompt_builder
-    from lavic_ray.model.scoring import generate_batch
-    from lavic_ray.model.views import pixel_views
-
     dataset = Dataset.from_config(cfg.dataset)
     truth = dataset.attribute_truth()
     vocab = dataset.attribute_vocabulary()
     if truth is None or vocab is None:
         raise InputMissing(f"the probe needs the attribute truth of a synthetic catalog: {dataset.truth} or "
                            f"{dataset.manifest} is missing")
-    catalog = dataset.catalog()
+    texts = vector_descriptions(cfg, item_ids, adapter, max_new_tokens, batch_size)
+    return score_descriptions(item_ids, texts, truth, vocab)
+
+
+@torch.no_grad()
+def vector_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Path | None = None,
+                        max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
+    """Greedy descriptions of ``item_ids`` (in their order) from each one's title and the 5 vectors of its
+    primary image, with the stage-1 prompt: what the vectors tell the LLM (any catalog; no truth needed)."""
+    from lavic_ray.model.build import build_lavic, prompt_builder
+    from lavic_ray.model.scoring import generate_batch
+    from lavic_ray.model.views import pixel_views
+
+    catalog = Dataset.from_config(cfg.dataset).catalog()
     device = cfg.eval.resources.resolved_device()
     model, ck = build_lavic(cfg.model, adapter=adapter, device=device)
     builder = prompt_builder(ck, cfg.prompts)
@@ -69,7 +77,7 @@ def probe_descriptions(cfg: LavicConfig, item_ids: list[str], adapter: str | Pat
         vectors = model.image_vectors(px.to(device), sizes.to(device), present.to(device))
         texts += generate_batch(model, builder, [builder.stage1(it.title, None, it.item_id) for it in items],
                                 lambda keys: vectors, max_new_tokens)
-    return score_descriptions(item_ids, texts, truth, vocab)
+    return texts
 
 
 def score_descriptions(item_ids: list[str], texts: list[str], truth: dict[str, dict],
@@ -106,3 +114,79 @@ def near_chance(result: dict) -> dict[str, tuple[float, float]]:
         if acc < chance + 2 * math.sqrt(chance * (1 - chance) / n):
             out[a] = (acc, chance)
     return out
+
+
+# ------------------------------------------------------------------ without attribute truth: the description's words
+#
+# A user's catalog has no attribute truth, only each image's description. What sets one item's description apart
+# from another's is its distinctive words (a colour, a material, a shape - and also any phrasing that varies at
+# random); a word the model names when the image's description has it, and not otherwise, is one it reads from
+# the image.
+
+_WORD = re.compile(r"[a-z][a-z'-]*[a-z]")
+#: English function words: they vary with a sentence's phrasing, never with what an image shows
+FUNCTION_WORDS = frozenset(
+    "about above after all also an and any are as at be been but by can could do does each for from had has have he her "
+    "his how if in into is it it's its just more most my no not of off on one or our out over she so some such than that "
+    "the their them then there these they this those through to too under up very was we were what when where which "
+    "while who why will with would you your".split())
+
+
+def words_of(text: str) -> set[str]:
+    """The lower-cased content words of ``text`` (letters, inner hyphens or apostrophes; two letters or more; no
+    :data:`FUNCTION_WORDS`)."""
+    return set(_WORD.findall(text.lower())) - FUNCTION_WORDS
+
+
+def distinctive_words(descriptions: list[str], requests: list[str] | None = None, min_docs: int = 3,
+                      max_share: float = 0.5) -> list[str]:
+    """The words that set descriptions apart: in at least ``min_docs`` of them and at most ``max_share`` (what
+    nearly every description says - its template, the category of a one-category catalog - is left out); with
+    ``requests`` (the conversations' texts), only those that ``min_docs`` of the requests use too: a word no one
+    asks for (a description's random phrasing, say) decides nothing."""
+    def counts(texts: list[str]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for t in texts:
+            for w in words_of(t):
+                out[w] = out.get(w, 0) + 1
+        return out
+
+    asked = counts(requests) if requests is not None else None
+    return sorted(w for w, c in counts(descriptions).items() if min_docs <= c <= max_share * len(descriptions)
+                  and (asked is None or asked.get(w, 0) >= min_docs))
+
+
+def word_readout(true_texts: list[str], generated: list[str], words: list[str], min_items: int = 3) -> dict[str, list[int]]:
+    """Per word of ``words`` in at least ``min_items`` of ``true_texts``: ``[items whose true text has it, of those
+    the generated text names it in, items whose true text lacks it, of those the generated text names it in]``."""
+    if len(true_texts) != len(generated):
+        raise ValueError(f"{len(true_texts)} true texts but {len(generated)} generated ones")
+    truth = [words_of(t) for t in true_texts]
+    said = [words_of(g) for g in generated]
+    out = {}
+    for w in words:
+        has = [w in t for t in truth]
+        n_with = sum(has)
+        if n_with < min_items:
+            continue
+        hits = sum(h and w in s for h, s in zip(has, said))
+        false = sum(not h and w in s for h, s in zip(has, said))
+        out[w] = [n_with, hits, len(has) - n_with, false]
+    return out
+
+
+def names_word(counts: list[int], margin: float = 0.5) -> bool:
+    """Whether a :func:`word_readout` row says the word is read from the image: named for at least ``margin``
+    more of the items whose description has it than of those whose description does not (hit rate minus
+    false-alarm rate, Youden's J)."""
+    n_with, hits, n_without, false = counts
+    return hits / max(n_with, 1) - false / max(n_without, 1) >= margin
+
+
+def word_probe_items(catalog, n: int = 48) -> list[str]:
+    """``n`` items spread evenly over the catalog's sorted IDs, each with a described primary image file."""
+    ids = sorted(it.item_id for it in catalog
+                 if it.primary_image is not None and it.primary_image.path is not None and it.primary_image.description)
+    if len(ids) <= n:
+        return ids
+    return [ids[k * len(ids) // n] for k in range(n)]

@@ -1,7 +1,21 @@
-"""The stage-1 probe's verdict: which decisive attributes the 5 vectors do not carry."""
+"""The stage-1 probe's verdict: which decisive attributes the 5 vectors do not carry; without attribute truth, which
+of the descriptions' words."""
 
-from lavic_ray.eval.probe import near_chance, score_descriptions
-from lavic_ray.quickstart import _blind_text
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lavic_ray.eval.probe import (
+    distinctive_words,
+    names_word,
+    near_chance,
+    score_descriptions,
+    word_probe_items,
+    word_readout,
+    words_of,
+)
+from lavic_ray.quickstart import _blind_text, _probe_lines, _words_text
 
 
 def result(items=40, **acc):
@@ -42,3 +56,55 @@ def test_score_descriptions_reads_the_first_value_named():
     r = score_descriptions(["a", "b"], ["A white star, not a moon.", "A white star on a crescent."], truth, vocab)
     assert r["motif_accuracy"] == 0.5 and r["motif_chance"] == 0.5 and r["items"] == 2
     assert r["examples"][1] == {"item_id": "b", "truth": "moon", "generated": "A white star on a crescent."}
+
+
+def test_words_of_keeps_content_words_only():
+    assert words_of("A slim, Standard-width bottle; it's on the front.") == {"slim", "standard-width", "bottle", "front"}
+
+
+def test_distinctive_words_sets_descriptions_apart_and_are_asked_for():
+    descriptions = ([f"A studio photo of a {c} bottle with a star" for c in ("red", "red", "red", "blue", "blue", "blue")]
+                    + ["The image shows a green bottle with a moon"] * 4)
+    # in 3 to 5 of the 10: 'red', 'blue' (3), 'green', 'moon', 'image', 'shows' (4); 'bottle' (10), 'star', 'studio' (6) are not
+    assert distinctive_words(descriptions) == ["blue", "green", "image", "moon", "red", "shows"]
+    requests = ["I want a red one", "red please", "a red bottle", "blue?", "anything with a moon", "a moon", "moon!"]
+    # a word no request uses (the phrasing: 'image', 'shows'), or fewer than 3 do ('blue'), decides nothing
+    assert distinctive_words(descriptions, requests) == ["moon", "red"]
+
+
+def test_word_readout_counts_hits_and_false_alarms():
+    truth = ["red star", "red moon", "blue star", "blue moon"]
+    said = ["red star", "blue star", "red star", "blue moon"]
+    r = word_readout(truth, said, ["red", "blue", "star", "moon", "green"], min_items=2)
+    # red: in 2 true texts, named for 1 of them and for 1 of the other 2
+    assert r == {"red": [2, 1, 2, 1], "blue": [2, 1, 2, 1], "star": [2, 2, 2, 1], "moon": [2, 1, 2, 0]}
+    assert not names_word(r["red"]) and names_word(r["moon"]) and names_word([8, 8, 40, 20])  # J 1 - 0.5 = 0.5
+    assert not names_word([8, 3, 40, 0])  # J 0.375
+    with pytest.raises(ValueError, match="2 true texts but 1 generated"):
+        word_readout(truth[:2], said[:1], ["red"])
+
+
+def test_word_probe_items_spread_over_the_catalog_and_need_a_described_image():
+    def item(i, path=Path("x.jpg"), desc="a red mug"):
+        return SimpleNamespace(item_id=f"{i:03d}", primary_image=SimpleNamespace(path=path, description=desc))
+
+    catalog = [item(i) for i in range(100)] + [item(200, path=None), item(201, desc=None)]
+    picked = word_probe_items(catalog, n=10)
+    assert picked == [f"{i:03d}" for i in range(0, 100, 10)]
+    assert word_probe_items(catalog[95:], n=10) == ["095", "096", "097", "098", "099"]
+
+
+def test_without_attribute_truth_the_report_and_console_name_the_words_the_model_does_not_read():
+    teacher = {"slim": [18, 18, 30, 3], "wide": [17, 16, 31, 1], "star": [8, 1, 40, 5], "moon": [8, 0, 40, 0]}
+    after = {"slim": [18, 17, 30, 2], "wide": [17, 2, 31, 2], "star": [8, 0, 40, 0], "moon": [8, 0, 40, 0]}
+    probe = {"words": {"items": 48, "teacher": teacher, "after": after,
+                       "examples": [{"item_id": "a", "description": "slim", "teacher": "slim", "after": "slim"}]}}
+    text = _words_text(probe)
+    assert text.startswith("Of the 4 words that set this dataset's descriptions apart and that its requests use (each in 3 "
+                           "or more of the 48 probed items' descriptions), the model names 2 from all its image tokens "
+                           "(slim, wide); from the title + 5 vectors after stage 1, 1 of those.")
+    assert "The vectors lost wide:" in text and "It names none of moon, star from the image" in text
+    lines = _probe_lines(probe)
+    assert "| slim | 18 | 1.00 / 0.10 | 0.94 / 0.07 |" in lines and f"**{text}**" in lines
+    assert _words_text({}) is None and _words_text({"words": {"items": 0, "teacher": {}, "after": {}}}) is None
+    assert _probe_lines({}) == []

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -63,3 +64,32 @@ def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
     assert json.loads(again.stdout.strip().splitlines()[-1]) == results
     rerun_log = max((workdir / "logs").glob("quickstart-*.log"), key=lambda p: p.stat().st_mtime).read_text()
     assert "stage 1 took" not in rerun_log and "probe of the teacher took" not in rerun_log
+
+
+def test_quickstart_on_a_dataset_without_attribute_truth_probes_its_words_when_lavic_did_not_learn(tmp_path, synth_root, tiny_dir):
+    # a user's catalog in the LaViC layout: no synth_truth.json, no synth_manifest.json
+    root = tmp_path / "catalog"
+    shutil.copytree(synth_root, root)
+    (root / "synth_truth.json").unlink()
+    (root / "synth_manifest.json").unlink()
+    workdir = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "lavic_ray.cli", "quickstart", "--workdir", str(workdir), "--json",
+           "--set", f"model.checkpoint={tiny_dir}", "--set", f"dataset.root={root}", "--set", "dataset.domain=synthetic",
+           "--set", "stage1.max_steps=2", "--set", "stage2.max_steps=2", "--set", "stage1.engine.kind=torch",
+           "--set", "stage2.engine.kind=torch", "--set", "job.variants=[lavic]"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    report = (workdir / "report" / "report.md").read_text()
+    assert "before stage 1" not in report and "decisive attributes" not in report  # nothing assumes the synthetic catalog
+    probe = json.loads((workdir / "probe.json").read_text()) if (workdir / "probe.json").is_file() else {}
+    stuck = results["lavic"]["learned"] is False
+    assert ("words" in probe) == stuck == ("| word | items with it |" in report)
+    if stuck:  # the tiny random model, 2 steps: the usual case
+        words = probe["words"]
+        assert words["items"] == 48 and words["teacher"] and set(words["after"]) == set(words["teacher"])
+        assert "the model names" in proc.stderr and "Of the " in report
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    rerun_log = max((workdir / "logs").glob("quickstart-*.log"), key=lambda p: p.stat().st_mtime).read_text()
+    assert "probe of the teacher (words) took" not in rerun_log and "stage 1 took" not in rerun_log
