@@ -5,6 +5,10 @@ checks whether each names the image's true value of every decisive attribute
 (a synthetic catalog's ``synth_truth.json``, and the words its manifest says name
 each value: colour and pattern in the default scheme, motif and build in
 ``gadgets``). Run it before and after stage 1.
+
+A catalog without attribute truth is probed by its descriptions' words instead
+(:func:`distinctive_words`, :func:`word_readout`): which ones the model names from
+the image, against the image's own description.
 """
 
 from __future__ import annotations
