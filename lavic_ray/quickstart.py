@@ -296,6 +296,11 @@ def _listing(words: list[str], limit: int = 12) -> str:
     return ", ".join(words[:limit]) + (f" and {len(words) - limit} more" if len(words) > limit else "")
 
 
+def _word_order(w: dict) -> list[str]:
+    """A word probe's words, the most frequent first."""
+    return sorted(w["teacher"], key=lambda x: (-w["teacher"][x][0], x))
+
+
 def _words_text(probe: dict) -> str | None:
     """On a dataset without attribute truth: which of the words that set its descriptions apart the model does not
     read from the image, or the 5 vectors do not carry (None: no word probe ran)."""
@@ -304,7 +309,7 @@ def _words_text(probe: dict) -> str | None:
     w = probe.get("words") if probe else None
     if not w or not w["teacher"]:
         return None
-    order = sorted(w["teacher"], key=lambda x: (-w["teacher"][x][0], x))  # the most frequent first
+    order = _word_order(w)
     seen = [x for x in order if names_word(w["teacher"][x])]
     carried = [x for x in seen if x in w["after"] and names_word(w["after"][x])]
     lost = [x for x in seen if x not in carried]
@@ -326,7 +331,7 @@ def _words_text(probe: dict) -> str | None:
 
 def _word_probe_lines(probe: dict) -> list[str]:
     w = probe["words"]
-    order = sorted(w["teacher"], key=lambda x: (-w["teacher"][x][0], x))
+    order = _word_order(w)
 
     def share(c: list[int] | None) -> str:
         return f"{c[1] / max(c[0], 1):.2f} / {c[3] / max(c[2], 1):.2f}" if c else "-"
@@ -335,7 +340,7 @@ def _word_probe_lines(probe: dict) -> list[str]:
     return [
         "## Stage 1: is the image in the 5 vectors?", "",
         (f"This dataset has no attribute truth (a synthetic catalog's `synth_truth.json`), so its descriptions' words "
-         f"are probed instead (as stage 2 of `lavic` did not learn): {w['items']} items spread over the catalog, each "
+         f"are probed instead (run when stage 2 of `lavic` did not learn): {w['items']} items spread over the catalog, each "
          "described greedily from all its image tokens (the teacher, with the `describe` prompt) and from its title + "
          "5 vectors after stage 1. Per word that sets descriptions apart (in 3 or more of them and at most half) and "
          "that 3 or more of the training conversations use: the items whose description has it, and the share of "
