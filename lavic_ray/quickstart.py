@@ -269,14 +269,13 @@ def _blind_text(probe: dict) -> str | None:
     teacher = probe.get("teacher")
     unseen = near_chance(teacher or {})
 
-    def figures(found: dict) -> tuple[str, str]:
-        return (", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in found.items()),
-                "it" if len(found) == 1 else "them")
+    def figures(found: dict) -> str:
+        return ", ".join(f"{a} {acc:.3f}, chance {chance:.3f}" for a, (acc, chance) in found.items())
 
     out = []
     lost = {a: v for a, v in after.items() if a not in unseen}
     if lost:
-        what, it = figures(lost)
+        what, it = figures(lost), _it(lost)
         seen = (f" (from all its image tokens the model names {it}: "
                 + ", ".join(f"{a} {teacher[f'{a}_accuracy']:.3f}" for a in lost) + ")") if teacher else ""
         out.append(f"After stage 1, descriptions generated from the 5 vectors name the {' and the '.join(lost)} no "
@@ -284,12 +283,17 @@ def _blind_text(probe: dict) -> str | None:
                    f"{it} in a form the LLM reads, so stage 2 cannot match requests on {it}.")
     both = {a: unseen[a] for a in after if a in unseen}
     if both:
-        what, it = figures(both)
+        what, it = figures(both), _it(both)
         out.append(f"The model cannot name the {' and the '.join(both)} even from all its image tokens ({what}; "
                    f"{teacher['items']} items), nor from the 5 vectors after stage 1: the teacher LaViC distils from "
                    f"does not see {it}, and no stage can put {it} into the vectors. The limit is the model's vision "
                    "side (the quickstart's small model trains its own from scratch on the catalog), not LaViC's stages.")
     return " ".join(out)
+
+
+def _it(things) -> str:
+    """The pronoun for ``things``: "it" for one, else "them"."""
+    return "it" if len(things) == 1 else "them"
 
 
 def _listing(words: list[str], limit: int = 12) -> str:
@@ -318,11 +322,11 @@ def _words_text(probe: dict) -> str | None:
            f"more of the {w['items']} probed items' descriptions), the model names {len(seen)} from all its image tokens"
            + (f" ({_listing(seen)})" if seen else "") + f"; from the title + 5 vectors after stage 1, {len(carried)} of those."]
     if lost:
-        it = "it" if len(lost) == 1 else "them"
+        it = _it(lost)
         out.append(f"The vectors lost {_listing(lost)}: if the requests turn on {it}, stage 1 did not carry {it} into "
                    "the vectors in a form the LLM reads.")
     if unseen:
-        it = "it" if len(unseen) == 1 else "them"
+        it = _it(unseen)
         out.append(f"It names none of {_listing(unseen)} from the image: if the requests turn on {it}, the model's "
                    f"vision side does not see {it} and no LaViC stage can put {it} into the vectors (a word that "
                    "varies at random, such as a description's phrasing, lands here too).")
