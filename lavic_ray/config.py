@@ -182,6 +182,10 @@ class SmallModelConfig(Strict):
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(8, ge=1)
     contrastive_epochs: int = Field(40, ge=0, description="CLIP-style tower pretraining epochs first (0: skip)")
+    step_budget: int | None = Field(None, ge=1, description="the most full-token optimizer steps its epochs may take (None: "
+                                                             "every epoch's); on a larger catalog the step stops there, its "
+                                                             "learning-rate schedule ending there too")
+    contrastive_step_budget: int | None = Field(None, ge=1, description="the same for the contrastive epochs")
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
     tower_lr_scale: float = Field(0.0, ge=0, description="the vision tower's learning rate in the full-token step, as a "
                                                          "fraction of lr (0: frozen after its contrastive step, as LLaVA keeps "
@@ -296,7 +300,11 @@ class StageConfig(Strict):
         "constant", description="after the warmup: a constant learning rate (the reference's), or one decaying to 0 at "
                                 "the last step (max_steps, or the epochs' steps)")
     epochs: int = Field(5, ge=1)
-    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs)")
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs and "
+                                                          "step_budget)")
+    step_budget: int | None = Field(None, ge=1, description="the most optimizer steps the epochs may take (None: every "
+                                                            "epoch's): a larger dataset stops there, and a decaying "
+                                                            "learning rate reaches 0 there; a smaller one runs its epochs")
     max_length: int = Field(1024, ge=32)
     seed: int = 0
     num_workers: int = Field(1, ge=1, description="Ray Train workers (1 process each)")

@@ -107,7 +107,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
         if table_path is not None and not table_path.is_file():
             raise InputMissing(f"stage 2 reads {table_path}, which is missing (run jobs/embed.py first)")
     concurrent = _concurrency(t, stage_cfg)
-    max_t = stage_cfg.max_steps or 10**9
+    max_t = stage_cfg.max_steps or stage_cfg.step_budget or 10**9
     out = art.tune(t.stage)
     trials_dir = (out / "trials").resolve()
     trainable = tune.with_parameters(_trial, base=absolute_paths(cfg).model_dump(mode="json"), stage=t.stage,

@@ -107,6 +107,8 @@ def test_small_model_section_reaches_the_build(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(small, "build_small_model", lambda catalog, out, **kw: seen.update(kw))
-    cfg = load_config(None, ["model.checkpoint=small", "small_model.epochs=1", "small_model.contrastive_epochs=3"])
+    cfg = load_config(None, ["model.checkpoint=small", "small_model.epochs=1", "small_model.contrastive_epochs=3",
+                             "small_model.step_budget=7"])
     workflow.ensure_model(cfg, Artifacts(tmp_path), tmp_path / "catalog")
     assert seen["epochs"] == 1 and seen["contrastive_epochs"] == 3 and seen["llm_lora_r"] == 16
+    assert seen["step_budget"] == 7 and seen["contrastive_step_budget"] is None

@@ -75,7 +75,7 @@ def _progress(path: Path | None, phase: str, step: int, total: int, loss: float)
 
 def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 40, lr: float = 1e-3, batch_size: int = 64,
                                 seed: int = 0, feature_layer: int = -2, autocast: bool = False,
-                                progress_file: Path | None = None) -> list[float]:
+                                progress_file: Path | None = None, max_steps: int | None = None) -> list[float]:
     """CLIP-style pretraining of the fresh vision tower against a frozen text encoder (LiT).
 
     LLaVA starts from a CLIP-pretrained tower; none installs offline here, so the
@@ -84,8 +84,11 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     image's real views of the [CLS] at ``feature_layer`` - the very feature LaViC
     compresses images into - through a linear head; loss: symmetric InfoNCE.
 
+    ``max_steps`` caps the optimizer steps the epochs take (the schedule ends there): a larger
+    catalog then trains no longer than the step budget.
+
     Returns:
-        The mean loss of each epoch.
+        The mean loss of each epoch (of the last, partial one too).
     """
     from lavic_ray.retrieval.sbert import load_sentence_model
 
@@ -104,16 +107,21 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     for p in tower.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
-    steps = epochs * max(1, len(data) // batch_size)
+    per_epoch = max(1, len(data) // batch_size)
+    steps = _budgeted(epochs * per_epoch, max_steps, "contrastive")
+    epochs = -(-steps // per_epoch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     rng = torch.Generator().manual_seed(seed)
-    history, t0 = [], time.monotonic()
+    history, t0, step = [], time.monotonic(), 0
     tower.train()
     with console.get().progress(epochs, "small model: vision tower, contrastive", "epoch") as bar:
         for epoch in range(epochs):
             order = torch.randperm(len(data), generator=rng)
             total, count = 0.0, 0
             for b in range(0, len(order) - batch_size + 1 if len(order) >= batch_size else 1, batch_size):
+                if step == steps:
+                    break
+                step += 1
                 idx = order[b: b + batch_size]
                 valid = torch.arange(px.shape[1])[None] < n_views[idx][:, None]
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -140,6 +148,14 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     return history
 
 
+def _budgeted(steps: int, budget: int | None, what: str) -> int:
+    """``steps``, at most ``budget`` (logged when it binds)."""
+    if budget and budget < steps:
+        log.info("small model, %s step: %d steps (its step budget; its epochs would take %d)", what, budget, steps)
+        return budget
+    return steps
+
+
 def cpu_bf16_is_native() -> bool:
     """Whether this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX): then autocast pays."""
     try:
@@ -151,7 +167,7 @@ def cpu_bf16_is_native() -> bool:
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, llm_lora_r: int = 16,
                       autocast: bool | None = None, tower_lr_scale: float = 0.0,
-                      progress_file: Path | None = None) -> list[float]:
+                      progress_file: Path | None = None, max_steps: int | None = None) -> list[float]:
     """Train the projector (full parameters) and, at ``tower_lr_scale``, the vision tower; the LLM frozen, or tuned with LoRA.
 
     With ``llm_lora_r > 0`` the language model is tuned too, through a LoRA adapter
@@ -167,10 +183,11 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     tower; LLaVA-1.6 tunes it at a tenth of the LLM's rate; 1: in full, the recipe before preset
     v5). Measured on the gadgets catalog: trained in full here, the tower's [CLS] over all views
     lost what its contrastive step had put there (motif 0.56 -> 0.38, build 0.97 -> 0.83 by a
-    linear probe), and the build took longer.
+    linear probe), and the build took longer. ``max_steps`` caps the optimizer steps the epochs
+    take (the schedule ends there).
 
     Returns:
-        The mean training loss of each epoch.
+        The mean training loss of each epoch (of the last, partial one too).
     """
     model = ck.model
     for p in model.parameters():
@@ -199,7 +216,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     if tower_params:
         groups.append({"params": tower_params, "lr": lr * tower_lr_scale})
     opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.0)
-    steps = epochs * ((len(data) + batch_size - 1) // batch_size)
+    steps = _budgeted(epochs * ((len(data) + batch_size - 1) // batch_size), max_steps, "full-token")
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps, pct_start=0.1)
     views = ViewCache(ck.image_processor)
     rng = random.Random(seed)
@@ -210,8 +227,10 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
         for epoch in range(epochs):
             order = list(range(len(data)))
             rng.shuffle(order)
-            total = 0.0
+            total, seen = 0.0, 0
             for b in range(0, len(order), batch_size):
+                if step == steps:
+                    break
                 batch = [data[i] for i in order[b: b + batch_size]]
                 px, sizes, _ = views.get([p for _, _, p in batch])
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -223,6 +242,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
                 sched.step()
                 opt.zero_grad(set_to_none=True)
                 total += float(loss.detach()) * len(batch)
+                seen += len(batch)
                 step += 1
                 bar.update(1)
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
@@ -230,7 +250,9 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
                 if step % 10 == 0 or step == steps:
                     el = time.monotonic() - t0
                     log.info("small-model vision side: step %d/%d loss %.4f (%.1f s, eta %.0f s)", step, steps, float(loss.detach()), el, el / step * (steps - step))
-            history.append(total / len(data))
+            if not seen:
+                break
+            history.append(total / seen)
             log.info("small-model vision side: epoch %d mean loss %.4f", epoch + 1, history[-1])
     if peft_model is not None:
         ck.model = model = peft_model.merge_and_unload()
@@ -242,15 +264,16 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
 
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
-                      contrastive_epochs: int = 40, llm_lora_r: int = 16, tower_lr_scale: float = 0.0) -> Path:
+                      contrastive_epochs: int = 40, llm_lora_r: int = 16, tower_lr_scale: float = 0.0,
+                      step_budget: int | None = None, contrastive_step_budget: int | None = None) -> Path:
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
     catalog = Catalog.load(catalog_root)
     progress = Path(out) / "progress.json"
-    contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed,
-                                              progress_file=progress) if contrastive_epochs else []
+    contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed, progress_file=progress,
+                                              max_steps=contrastive_step_budget) if contrastive_epochs else []
     history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r,
-                                tower_lr_scale=tower_lr_scale, progress_file=progress)
+                                tower_lr_scale=tower_lr_scale, progress_file=progress, max_steps=step_budget)
     out = save_checkpoint(ck, out)
     import json
 
@@ -259,6 +282,6 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
         "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, then full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
         "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "llm_lora_r": llm_lora_r,
-        "tower_lr_scale": tower_lr_scale,
+        "tower_lr_scale": tower_lr_scale, "step_budget": step_budget, "contrastive_step_budget": contrastive_step_budget,
     }, indent=1))
     return out

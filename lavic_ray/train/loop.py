@@ -109,6 +109,14 @@ def _shard_batches(n: int, cfg: StageConfig, epoch: int, rank: int, size: int,
     return out
 
 
+def planned_steps(cfg: StageConfig, steps_per_epoch: int) -> int:
+    """The optimizer steps a run takes: ``max_steps`` if set, else its epochs' steps, at most ``step_budget``."""
+    if cfg.max_steps:
+        return cfg.max_steps
+    steps = steps_per_epoch * cfg.epochs
+    return min(steps, cfg.step_budget) if cfg.step_budget else steps
+
+
 def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, tracker: Tracker | None = None) -> dict:
     """Run a stage to the end (or ``max_steps``), resuming from the reporter's checkpoint.
 
@@ -125,7 +133,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     lengths = task.example_lengths() if cfg.group_by_length else None
     batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
-    total_steps = cfg.max_steps or steps_per_epoch * cfg.epochs
+    total_steps = planned_steps(cfg, steps_per_epoch)
     engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total_steps, cfg.lr_decay)
     state = TrainState()
     with reporter.restored() as ckpt:
@@ -139,7 +147,9 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     out_dir = Path(out_dir)
     t0, tokens_seen, samples_seen, start_step = time.monotonic(), 0, 0, state.step
     window_loss, window_n = 0.0, 0
-    log.info("%s: %d examples, %d workers, %d steps/epoch, %d steps", task.name, len(examples), size, steps_per_epoch, total_steps)
+    log.info("%s: %d examples, %d workers, %d steps/epoch, %d steps%s", task.name, len(examples), size, steps_per_epoch,
+             total_steps, f" (step_budget; {cfg.epochs} epochs would take {steps_per_epoch * cfg.epochs})"
+             if not cfg.max_steps and total_steps < steps_per_epoch * cfg.epochs else "")
     done = state.step >= total_steps
     while not done:
         batches = _shard_batches(len(examples), cfg, state.epoch, rank, size, lengths)

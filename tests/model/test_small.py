@@ -3,7 +3,7 @@
 import torch
 
 from lavic_ray.data.layout import Catalog
-from lavic_ray.model.small import train_vision_side
+from lavic_ray.model.small import contrastive_pretrain_vision, train_vision_side
 
 
 def _llm_weights(model):
@@ -45,3 +45,26 @@ def test_full_token_step_can_keep_the_tower_frozen(tiny, synth_root):
     tower = [n for n in before if "vision_tower" in n]
     assert tower and all(torch.equal(before[n], after[n]) for n in tower)  # LLaVA's recipe: the tower stays as it was
     assert any(not torch.equal(before[n], after[n]) for n in before if "multi_modal_projector" in n)
+
+
+def test_a_step_budget_stops_the_full_token_step_and_ends_its_schedule_there(tiny, synth_root, tmp_path):
+    import json
+
+    progress = tmp_path / "progress.json"
+    # 8 images in batches of 4: 2 steps an epoch, 3 epochs = 6 steps; the budget: 3 (one epoch and a half)
+    history = train_vision_side(tiny, Catalog.load(synth_root), epochs=3, batch_size=4, max_images=8, llm_lora_r=0,
+                                autocast=False, progress_file=progress, max_steps=3)
+    assert len(history) == 2 and torch.isfinite(torch.tensor(history)).all()
+    assert json.loads(progress.read_text())["step"] == 3 and json.loads(progress.read_text())["total"] == 3
+
+
+def test_a_step_budget_stops_the_contrastive_step(tiny, synth_root, tmp_path):
+    import json
+
+    progress = tmp_path / "progress.json"
+    catalog = Catalog.load(synth_root)
+    n = sum(1 for it in catalog for im in it.images if im.description)
+    batch = n // 2  # 2 steps an epoch
+    history = contrastive_pretrain_vision(tiny, catalog, epochs=4, batch_size=batch, progress_file=progress, max_steps=3)
+    assert len(history) == 2  # the second epoch ran one of its two steps
+    assert json.loads(progress.read_text()) | {"status": None} == {"step": 2, "total": 2, "status": None}

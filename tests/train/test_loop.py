@@ -289,6 +289,33 @@ def test_a_time_cap_stops_at_the_next_validation(tmp_path):
     assert final["step"] == 3 and final["stopped"] == 1
 
 
+def test_a_step_budget_caps_the_epochs_of_a_larger_dataset_only():
+    from lavic_ray.config import Stage1Config
+    from lavic_ray.train.loop import planned_steps
+
+    cfg = Stage1Config(epochs=4, step_budget=210)
+    assert planned_steps(cfg, 51) == 204  # the default catalog: its 4 epochs, untouched
+    assert planned_steps(cfg, 73) == 210  # a 600-item catalog: the budget
+    assert planned_steps(Stage1Config(epochs=4), 73) == 292  # no budget: every epoch
+    assert planned_steps(cfg.model_copy(update={"max_steps": 300}), 73) == 300  # max_steps overrides both
+
+
+def test_a_run_on_its_step_budget_stops_there_and_validates_its_last_step(tmp_path):
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import train
+    from lavic_ray.train.reporting import LocalReporter
+
+    # 64 examples in micro-batches of 2: 32 steps an epoch, 3 epochs = 96 steps, the budget 40
+    cfg = Stage2Config(epochs=3, step_budget=40, eval_every=16, log_every=1, lr_decay="linear",
+                       engine={"kind": "torch", "micro_batch_size": 2})
+    final = train(_Scripted([0.1, 0.2, 0.3]), cfg, LocalReporter(tmp_path / "run"), tmp_path)
+    assert final["step"] == 40 and "stopped" not in final
+    hist = json.loads((tmp_path / "history.json").read_text())
+    assert [h["step"] for h in hist if "valid_hr@1" in h] == [16, 32, 40]
+    assert [h["epoch"] for h in hist if h["step"] == 40] == [1]  # it stopped inside the second epoch
+    assert hist[-1]["lr"] == pytest.approx(0.0, abs=1e-12)  # the decay ends at the budget, not at 3 epochs
+
+
 def test_under_ray_train_the_best_adapter_is_rays_best_checkpoint(tmp_path):
     """A reporter that owns the best (Ray Train) gets a checkpoint at every improving validation, each
     with its ``checkpoint_score``; the loop writes no adapter/ itself; ``install_adapter`` copies the
