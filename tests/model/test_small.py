@@ -68,3 +68,18 @@ def test_a_step_budget_stops_the_contrastive_step(tiny, synth_root, tmp_path):
     history = contrastive_pretrain_vision(tiny, catalog, epochs=4, batch_size=batch, progress_file=progress, max_steps=3)
     assert len(history) == 2  # the second epoch ran one of its two steps
     assert json.loads(progress.read_text()) | {"status": None} == {"step": 2, "total": 2, "status": None}
+
+
+def test_a_budget_that_does_not_bind_changes_nothing(tiny_dir, synth_root):
+    """The quickstart's budgets equal the default catalog's own steps: its build must train exactly as before."""
+    from lavic_ray.model.checkpoints import load_checkpoint
+
+    runs = []
+    for budget in (None, 4):  # 8 images in batches of 4, 2 epochs: 4 steps either way
+        ck = load_checkpoint(str(tiny_dir))
+        torch.manual_seed(0)
+        history = train_vision_side(ck, Catalog.load(synth_root), epochs=2, batch_size=4, max_images=8, llm_lora_r=0,
+                                    autocast=False, max_steps=budget)
+        runs.append((history, _vision_weights(ck.model)))
+    (h0, w0), (h1, w1) = runs
+    assert h0 == h1 and all(torch.equal(w0[n], w1[n]) for n in w0)
