@@ -298,7 +298,7 @@ class StageConfig(Strict):
     warmup_steps: int = Field(0, ge=0)
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="after the warmup: a constant learning rate (the reference's), or one decaying to 0 at "
-                                "the last step (max_steps, or the epochs' steps)")
+                                "the last step (max_steps, or the epochs' steps up to step_budget)")
     epochs: int = Field(5, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs and "
                                                           "step_budget)")
