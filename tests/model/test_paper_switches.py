@@ -174,7 +174,7 @@ def test_the_paper_presets_turn_off_lavic_rays_training_options_over_the_quickst
     """`lavic quickstart --config jobs/configs/paper_small.yaml`: the quickstart preset's additions are undone."""
     qs = load_config("lavic_ray/presets/quickstart_small.yaml")
     assert qs.stage1.word_alignment > 0 and qs.stage2.lr_decay == "cosine" and qs.stage2.patience
-    assert qs.stage2.max_minutes is None  # the step cap bounds it: a time cap would make the outcome the machine's speed's
+    assert qs.stage2.max_minutes is None  # the step cap bounds it: a time cap would tie the outcome to the machine's speed
     p = load_config(["lavic_ray/presets/quickstart_small.yaml", "jobs/configs/paper_small.yaml"])
     assert p.stage1.word_alignment == 0
     assert (p.stage2.lr_decay, p.stage2.max_minutes, p.stage2.patience, p.stage2.negative_sampling) == ("constant", None, None, "random")
