@@ -397,6 +397,15 @@ class JobConfig(Strict):
         "lavic", description="stage 2 / evaluation: the full method or one of the paper's ablations")
     split: Literal["train", "valid", "test"] = Field("test", description="evaluate: the split to score")
     max_failures: int = Field(1, ge=0, description="Ray Train worker failures a run survives (from its last checkpoint)")
+    worker_start_timeout_s: float = Field(
+        600.0, gt=0, description="Ray Train: seconds a worker group may take to start (placement, process start, "
+                                 "torch.distributed set-up) before the start counts as failed; sets "
+                                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S for the run (Ray's default, 60 s, is shorter than "
+                                 "a busy 2-core machine takes to start 2 workers that import torch and DeepSpeed)")
+    start_retries: int = Field(
+        3, ge=-1, description="Ray Train: worker-group starts that failed or timed out a run retries before it fails "
+                              "with Ray's error (FailureConfig.controller_failure_limit); -1: forever, Ray's default, "
+                              "under which a run that can never start waits forever")
     variants: list[VariantName] = Field(list(VARIANTS), min_length=1, description="the pipeline job and the quickstart: "
                                         "the stage-2 variants they train and evaluate")
 

@@ -106,6 +106,23 @@ def absolute_paths(cfg: LavicConfig) -> LavicConfig:
     return cfg.model_copy(update=upd) if upd else cfg
 
 
+#: read by Ray Train's controller when it starts a worker group; Ray passes it on from the driver's environment
+WORKER_START_TIMEOUT_ENV = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
+
+
+def set_worker_start_timeout(seconds: float) -> None:
+    """Give the next Ray Train run ``seconds`` to start its worker group (``job.worker_start_timeout_s``).
+
+    Ray Train reads the timeout from the environment, and passes the driver's value on to the run's
+    controller; the config is the one place it is set, so it replaces a value already there (logged)."""
+    value = f"{float(seconds):g}"
+    old = os.environ.get(WORKER_START_TIMEOUT_ENV)
+    if old is not None and old != value:
+        log.info("%s=%s from the environment is replaced by job.worker_start_timeout_s=%s",
+                 WORKER_START_TIMEOUT_ENV, old, value)
+    os.environ[WORKER_START_TIMEOUT_ENV] = value
+
+
 def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Path | None = None,
             max_failures: int | None = None, callbacks: list | None = None):
     """Run the stage on Ray Train (``TorchTrainer``, one worker per ``num_workers``).
@@ -126,6 +143,7 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
     cfg = absolute_paths(cfg)
     write_config(out_dir, cfg)
     ensure_ray()
+    set_worker_start_timeout(cfg.job.worker_start_timeout_s)
     ranked = scfg.keep == "best"
     run_config = RunConfig(
         name="run",
@@ -133,7 +151,8 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
         # ranked: the best 2 by validation score (Ray also keeps the latest, to resume from); else the last 2
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SCORE_KEY if ranked else None,
                                            checkpoint_score_order="max"),
-        failure_config=FailureConfig(max_failures=cfg.job.max_failures if max_failures is None else max_failures),
+        failure_config=FailureConfig(max_failures=cfg.job.max_failures if max_failures is None else max_failures,
+                                     controller_failure_limit=cfg.job.start_retries),
         callbacks=callbacks or None,
     )
     trainer = TorchTrainer(
