@@ -10,6 +10,10 @@ from lavic_ray.runtime import dashboard_port
 
 pytestmark = pytest.mark.integration
 
+# a worker group that cannot start (a dead worker's resources never freed, a machine too busy) fails the run
+# within ~10 min, inside the test timeout, instead of Ray retrying the start forever
+BOUNDED = ["job.worker_start_timeout_s=300", "job.start_retries=1"]
+
 
 @pytest.fixture(scope="module")
 def ray_local():
@@ -26,7 +30,7 @@ def test_stage1_embed_stage2_on_ray_train_with_deepspeed(tmp_path, tiny_dir, syn
     from lavic_ray.pipeline.embed import run_embed
     from lavic_ray.train.run import run_ray
 
-    common = [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}", "embed.batch_size=32"]
+    common = [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}", "embed.batch_size=32", *BOUNDED]
     for s in ("stage1", "stage2"):
         common += [f"{s}.num_workers=2", f"{s}.engine.kind=deepspeed", f"{s}.engine.zero_stage=2", f"{s}.log_every=1",
                    f"{s}.eval_limit=4", f"{s}.engine.micro_batch_size=2", f"{s}.max_steps=3", f"{s}.max_length=512"]
@@ -75,7 +79,7 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tin
     cfg = load_config(None, [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}", "stage2.use_images=false", "stage2.engine.kind=deepspeed",
                              "stage2.log_every=1", "stage2.checkpoint_every=2", "stage2.eval_every=1000",
                              "stage2.max_steps=40", "stage2.engine.micro_batch_size=2", "stage2.max_length=512",
-                             "stage2.eval_limit=2", "stage2.formulation=listwise"])
+                             "stage2.eval_limit=2", "stage2.formulation=listwise", *BOUNDED])
     out = tmp_path / "stage2"
     killed: dict = {}
     errors: list[str] = []
