@@ -27,6 +27,8 @@ def main() -> int:
     p.add_argument("--image-size", type=int, default=112, help="the tower's input size (the small model's: 112)")
     p.add_argument("--epochs", type=int, default=40, help="contrastive epochs (the small model's: 40)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--teacher", default="none", help="small_model.vision_teacher: none or efficientnet-lite0")
+    p.add_argument("--teacher-weight", type=float, default=1.0, help="small_model.teacher_weight")
     a = p.parse_args()
 
     from lavic_ray.data.layout import Catalog
@@ -35,7 +37,8 @@ def main() -> int:
 
     ck = build_small_base(vision_image_size=a.image_size, seed=a.seed, vision_patch_size=a.patch_size)
     t0 = time.monotonic()
-    losses = contrastive_pretrain_vision(ck, Catalog.load(a.catalog), epochs=a.epochs, seed=a.seed)
+    losses = contrastive_pretrain_vision(ck, Catalog.load(a.catalog), epochs=a.epochs, seed=a.seed,
+                                         teacher=a.teacher, teacher_weight=a.teacher_weight)
     seconds = time.monotonic() - t0
     save_checkpoint(ck, a.out)
     print(json.dumps({**vars(a), "seconds": round(seconds), "loss_last": [round(x, 3) for x in losses[-3:]]}))

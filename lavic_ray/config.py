@@ -190,6 +190,11 @@ class SmallModelConfig(Strict):
     tower_lr_scale: float = Field(0.0, ge=0, description="the vision tower's learning rate in the full-token step, as a "
                                                          "fraction of lr (0: frozen after its contrastive step, as LLaVA keeps "
                                                          "its CLIP tower; 1: trained in full, as before preset v5)")
+    vision_teacher: Literal["none", "efficientnet-lite0"] = Field(
+        "none", description="a pretrained image network whose features of each view the fresh tower also learns to "
+                            "predict in its contrastive step (none: the captions alone; efficientnet-lite0: ImageNet-"
+                            "pretrained, installed with lavic-ray); used while building only")
+    teacher_weight: float = Field(1.0, ge=0, description="weight of the vision teacher's term in the contrastive step")
     vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")

@@ -83,3 +83,42 @@ def test_a_budget_that_does_not_bind_changes_nothing(tiny_dir, synth_root):
         runs.append((history, _vision_weights(ck.model)))
     (h0, w0), (h1, w1) = runs
     assert h0 == h1 and all(torch.equal(w0[n], w1[n]) for n in w0)
+
+
+def test_a_vision_teacher_gives_each_view_targets_and_the_tower_learns_to_predict_them(tiny, synth_root):
+    """small_model.vision_teacher: the pretrained EfficientNet-Lite0's features of every real view, standardised;
+    the tower's contrastive step then also regresses them (its loss is larger by that term, and it trains)."""
+    from lavic_ray.model.small import _teacher_distillation
+    from lavic_ray.model.views import num_real_views, pixel_views
+
+    catalog = Catalog.load(synth_root)
+    paths = [im.path for it in catalog for im in it.images if im.description][:6]
+    px, sizes, _ = pixel_views(tiny.image_processor, paths)
+    n_views = num_real_views(tiny.model.config, sizes, cap=px.shape[1])
+    d = _teacher_distillation(tiny, px, n_views, "efficientnet-lite0")
+    vcfg = tiny.model.config.vision_config
+    grid = vcfg.image_size // vcfg.patch_size
+    assert d["pooled"].shape == (len(paths), px.shape[1], 1280)
+    assert d["cells"].shape == (len(paths), px.shape[1], grid * grid, 1280)
+    real = torch.arange(px.shape[1])[None] < n_views[:, None]
+    pooled = d["pooled"][real]
+    assert torch.allclose(pooled.mean(0), torch.zeros(1280), atol=1e-4)  # standardised over the real views
+    assert (d["pooled"][~real] == 0).all()  # padding views carry no target
+    assert pooled.std(0).mean() > 0.5  # real features, not a constant: the views differ
+    assert _teacher_distillation(tiny, px, n_views, "none") is None
+
+    before = {n: p.detach().clone() for n, p in tiny.model.model.vision_tower.named_parameters()}
+    with_teacher = contrastive_pretrain_vision(tiny, catalog, epochs=2, batch_size=4, teacher="efficientnet-lite0")
+    assert torch.isfinite(torch.tensor(with_teacher)).all()
+    moved = [n for n, p in tiny.model.model.vision_tower.named_parameters() if not torch.equal(before[n], p)]
+    assert moved
+
+
+def test_an_unknown_vision_teacher_is_refused():
+    import pytest
+
+    from lavic_ray.errors import InvalidInput
+    from lavic_ray.model.vision_teacher import load_teacher
+
+    with pytest.raises(InvalidInput, match="unknown teacher"):
+        load_teacher("resnet-9000")
