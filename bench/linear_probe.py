@@ -10,6 +10,10 @@ projector. The attributes are the catalog manifest's decisive ones (colour and p
 products scheme, motif and build for gadgets). The labels come from ``synth_truth.json`` (never a
 model input); this is a diagnostic of the vision side, not part of any pipeline.
 
+With ``--teacher efficientnet-lite0`` it also probes that pretrained network's pooled features of the
+same views (``teacher``: the base view; ``teacher_all_views``): what ``small_model.vision_teacher``
+gives the tower to learn from.
+
 (scikit-learn comes with sentence-transformers.)
 
     python bench/linear_probe.py --model lavic_runs/quickstart/models/small --catalog lavic_runs/quickstart/catalog
@@ -30,6 +34,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, help="a saved small model (lavic small-model)")
     p.add_argument("--catalog", required=True, help="a synthetic catalog (lavic synth) with synth_truth.json")
+    p.add_argument("--teacher", choices=["efficientnet-lite0"], help="also probe this pretrained network's pooled "
+                   "features of the same views (small_model.vision_teacher): what the tower could learn from it")
     a = p.parse_args()
 
     from sklearn.linear_model import LogisticRegression
@@ -51,7 +57,12 @@ def main() -> int:
     model = LaViC(ck.model, ck.image_token_id).eval()
     ids = sorted(truth)
     proj, tower = ck.model.model.multi_modal_projector, ck.model.model.vision_tower
-    cls, views, vec, near = [], [], [], []
+    cls, views, vec, near, teach = [], [], [], [], []
+    teacher = None
+    if a.teacher:
+        from lavic_ray.model.vision_teacher import load_teacher, rgb_from_pixel_values
+
+        teacher = load_teacher(a.teacher)
     with torch.no_grad():
         for start in range(0, len(ids), 32):
             items = [catalog[i] for i in ids[start: start + 32]]
@@ -62,6 +73,9 @@ def main() -> int:
             views.append(torch.cat([hidden[:, 0]] + [tower(px[:, v], output_hidden_states=True).hidden_states[model.feature_layer][:, 0]
                                                      for v in range(1, px.shape[1])], 1))
             vec.append(model.image_vectors(px, sizes, present)[:, 0])
+            if teacher is not None:  # the base view, and every view side by side
+                teach.append(torch.cat([teacher(rgb_from_pixel_values(px[:, v], ck.image_processor), 1)[0]
+                                        for v in range(px.shape[1])], 1))
             # is the [CLS] foreign to the projector, which LLaVA trains on the patch tokens only?
             near.append(torch.stack([F.cosine_similarity(hidden[:, 0], hidden[:, 1:].mean(1)),
                                      F.cosine_similarity(proj(hidden[:, 0]), proj(hidden[:, 1:]).mean(1))], 1))
@@ -70,8 +84,11 @@ def main() -> int:
     near = torch.cat(near).mean(0)
     out = {"model": a.model, "train_items": len(train), "heldout_items": len(held),
            "cos_cls_mean_patch_tower": round(float(near[0]), 3), "cos_cls_mean_patch_projected": round(float(near[1]), 3)}
-    for name, feats in (("cls", torch.cat(cls).numpy()), ("cls_all_views", torch.cat(views).numpy()),
-                        ("vector0", torch.cat(vec).numpy())):
+    features = [("cls", torch.cat(cls).numpy()), ("cls_all_views", torch.cat(views).numpy()),
+                ("vector0", torch.cat(vec).numpy())]
+    if teach:
+        features += [("teacher", torch.cat(teach)[:, :teacher.dim].numpy()), ("teacher_all_views", torch.cat(teach).numpy())]
+    for name, feats in features:
         # standardised on the train split: vector 0 is rescaled to the word-embedding norm (~3 over 576
         # dimensions), where an unscaled regularised regression underfits (seed 1's build read colour 0.444
         # from vector 0 so, 0.906 standardised - the figure that sent an earlier session after its build)

@@ -35,7 +35,8 @@ class Recommender:
             model: no adapter matmuls per layer). Off keeps the adapter as trained and validated.
 
     A run trained with ``stage2.engine.precision: bf16-mixed`` is scored the way it
-    was validated during training: under bf16 autocast, fp32 weights.
+    was validated during training: under bf16 autocast, fp32 weights (``auto``: so where
+    the scoring device runs bf16 natively, as training decided on its own device).
     """
 
     def __init__(self, stage2_dir: str | Path, table: str | Path | None, device: str | None = None,
@@ -61,7 +62,10 @@ class Recommender:
         self.sharing = s.prefix_sharing
         self.max_rows = max_rows
         self.stage2_dir = d
-        self.autocast = s.engine.precision == "bf16-mixed" and (dtype or cfg.model.dtype) == "float32"
+        from lavic_ray.model.precision import resolve_precision
+
+        precision = resolve_precision(s.engine.precision, next(self.model.parameters()).device)
+        self.autocast = precision == "bf16-mixed" and (dtype or cfg.model.dtype) == "float32"
 
     @property
     def lookup(self):

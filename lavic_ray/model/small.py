@@ -194,10 +194,9 @@ def _budgeted(steps: int, budget: int | None, what: str) -> int:
 
 def cpu_bf16_is_native() -> bool:
     """Whether this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX): then autocast pays."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    from lavic_ray.model.precision import bf16_is_native
+
+    return bf16_is_native("cpu")
 
 
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,

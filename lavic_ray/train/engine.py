@@ -267,5 +267,11 @@ ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine, "torch": Torch
 def make_engine(module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0,
                 total_steps: int | None = None, decay: str = "constant") -> Engine:
     """The engine ``cfg.kind`` names, over ``module``'s trainable parameters (learning rate: warmup, then
-    ``decay`` to 0 at ``total_steps``, or constant)."""
+    ``decay`` to 0 at ``total_steps``, or constant). ``precision: auto`` is made concrete here, for the device
+    ``module`` is on (:func:`lavic_ray.model.precision.resolve_precision`)."""
+    from lavic_ray.model.precision import resolve_precision
+
+    if cfg.precision == "auto":
+        device = next(module.parameters()).device
+        cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
     return ENGINES[cfg.kind](module, cfg, lr, weight_decay, warmup_steps, total_steps, decay)

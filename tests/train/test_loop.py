@@ -186,6 +186,27 @@ def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
     assert fp32(x).dtype == torch.float32
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, native):
+    """``auto``: bf16 autocast on a CPU with AVX-512 BF16 / AMX, fp32 on one without (emulated bf16 is ~40x slower)."""
+    import torch
+
+    from lavic_ray.config import EngineConfig
+    from lavic_ray.model import precision
+    from lavic_ray.train.engine import make_engine
+
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: native)
+    assert precision.bf16_is_native("cpu") is native
+    assert precision.resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "fp32")
+    for fixed in ("fp32", "bf16", "bf16-mixed", "fp16"):
+        assert precision.resolve_precision(fixed, "cpu") == fixed  # a concrete setting is never second-guessed
+    cfg = EngineConfig(kind="torch", precision="auto")
+    engine = make_engine(torch.nn.Linear(8, 1), cfg, lr=1e-2, weight_decay=0.0)
+    assert engine.autocast is native and engine.cfg.precision == ("bf16-mixed" if native else "fp32")
+    assert engine(torch.randn(2, 8)).dtype == (torch.bfloat16 if native else torch.float32)
+    assert cfg.precision == "auto"  # the caller's config is left as written
+
+
 def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
     import torch
 

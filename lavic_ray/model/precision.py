@@ -1,0 +1,43 @@
+"""Which numeric precision a device runs fast: ``engine.precision: auto`` resolves here.
+
+bf16 autocast pays only where bf16 matmuls are native: CPUs with AVX-512 BF16 or AMX (1.3-1.4x
+over fp32 in the quickstart's stages, bench/RESULTS.md) and GPUs that support bf16. On a CPU
+without them (AVX2 only) PyTorch emulates bf16 matmuls, measured 40x slower than fp32 on an AMD
+EPYC (2026-12-02): a stage-1 step took 127 s instead of about 1.5 s. ``auto`` therefore picks
+``bf16-mixed`` there and ``fp32`` elsewhere, on the machine that runs the step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def bf16_is_native(device: torch.device | str = "cpu") -> bool:
+    """Whether ``device`` runs bf16 matmuls natively (a CPU with AVX-512 BF16 or AMX; a GPU with bf16 support)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and _cpu_has_native_bf16()
+
+
+def _cpu_has_native_bf16() -> bool:
+    """oneDNN's own answer: AVX-512 BF16 or AMX on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``precision`` as configured, with ``auto`` made concrete for ``device``: ``bf16-mixed`` where bf16 is native,
+    else ``fp32``."""
+    if precision != "auto":
+        return precision
+    concrete = "bf16-mixed" if bf16_is_native(device) else "fp32"
+    log.info("engine.precision auto -> %s on %s (bf16 matmuls %s there)", concrete, torch.device(device).type,
+             "native" if concrete == "bf16-mixed" else "emulated: fp32 is faster")
+    return concrete
