@@ -36,6 +36,10 @@ def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str
     """``precision`` as configured, with ``auto`` made concrete for ``device``: ``bf16-mixed`` where bf16 is native,
     else ``fp32``."""
     if precision != "auto":
+        if precision in ("bf16", "bf16-mixed") and torch.device(device).type == "cpu" and not bf16_is_native(device):
+            log.warning("engine.precision %s on a CPU without native bf16 (no AVX-512 BF16 or AMX): its matmuls are "
+                        "emulated, ~20x slower than fp32 here (bench/RESULTS.md); engine.precision=auto picks fp32 "
+                        "on such a CPU", precision)
         return precision
     concrete = "bf16-mixed" if bf16_is_native(device) else "fp32"
     log.info("engine.precision auto -> %s on %s (bf16 matmuls %s there)", concrete, torch.device(device).type,

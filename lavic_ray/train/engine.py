@@ -271,7 +271,7 @@ def make_engine(module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_de
     ``module`` is on (:func:`lavic_ray.model.precision.resolve_precision`)."""
     from lavic_ray.model.precision import resolve_precision
 
-    if cfg.precision == "auto":
-        device = next(module.parameters()).device
-        cfg = cfg.model_copy(update={"precision": resolve_precision(cfg.precision, device)})
+    concrete = resolve_precision(cfg.precision, next(module.parameters()).device)  # also warns of emulated bf16
+    if concrete != cfg.precision:
+        cfg = cfg.model_copy(update={"precision": concrete})
     return ENGINES[cfg.kind](module, cfg, lr, weight_decay, warmup_steps, total_steps, decay)

@@ -187,7 +187,7 @@ def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
 
 
 @pytest.mark.parametrize("native", [True, False])
-def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, native):
+def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, caplog, native):
     """``auto``: bf16 autocast on a CPU with AVX-512 BF16 / AMX, fp32 on one without (emulated bf16 is ~40x slower)."""
     import torch
 
@@ -198,8 +198,14 @@ def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, nat
     monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: native)
     assert precision.bf16_is_native("cpu") is native
     assert precision.resolve_precision("auto", "cpu") == ("bf16-mixed" if native else "fp32")
-    for fixed in ("fp32", "bf16", "bf16-mixed", "fp16"):
-        assert precision.resolve_precision(fixed, "cpu") == fixed  # a concrete setting is never second-guessed
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="lavic_ray.model.precision"):
+        for fixed in ("fp32", "bf16", "bf16-mixed", "fp16"):
+            assert precision.resolve_precision(fixed, "cpu") == fixed  # a concrete setting is never second-guessed
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    # ... but bf16 on a CPU that emulates it is said plainly, once per bf16 setting
+    assert (len(warned) == 2 and all("without native bf16" in m for m in warned)) if not native else not warned
     cfg = EngineConfig(kind="torch", precision="auto")
     engine = make_engine(torch.nn.Linear(8, 1), cfg, lr=1e-2, weight_decay=0.0)
     assert engine.autocast is native and engine.cfg.precision == ("bf16-mixed" if native else "fp32")
