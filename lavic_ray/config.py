@@ -284,7 +284,7 @@ class EngineConfig(Strict):
     precision: Literal["fp32", "bf16", "bf16-mixed", "fp16", "auto"] = Field(
         "fp32", description="fp32; auto (bf16-mixed where the device runs bf16 matmuls natively - CPUs with AVX-512 "
                             "BF16 or AMX, GPUs with bf16 - else fp32, decided on the machine that runs the step: "
-                            "emulated bf16 is ~40x slower than fp32 on an AVX2-only CPU); bf16 (DeepSpeed's bf16 mode: bf16 weights and activations, fp32 master weights); "
+                            "emulated bf16 ran training steps 20-36x slower than fp32 on an AVX2-only CPU); bf16 (DeepSpeed's bf16 mode: bf16 weights and activations, fp32 master weights); "
                             "fp16 (the reference's: DeepSpeed's fp16 mode with loss scaling, or autocast + a grad "
                             "scaler with the torch engine; GPUs); "
                             "bf16-mixed (torch.autocast: fp32 weights and optimizer, matmuls in bf16 - the fast choice "

@@ -192,13 +192,6 @@ def _budgeted(steps: int, budget: int | None, what: str) -> int:
     return steps
 
 
-def cpu_bf16_is_native() -> bool:
-    """Whether this CPU runs bf16 matmuls natively (AVX-512 BF16 or AMX): then autocast pays."""
-    from lavic_ray.model.precision import bf16_is_native
-
-    return bf16_is_native("cpu")
-
-
 def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, llm_lora_r: int = 16,
                       autocast: bool | None = None, tower_lr_scale: float = 0.0,
@@ -212,7 +205,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     catalog: with the LLM frozen the description loss ended at 2.05 and the model named
     0 of 20 test colours; with LoRA r 16 it reached 0.22 within 30 steps.
 
-    ``autocast`` (default: where bf16 is native, see :func:`cpu_bf16_is_native`) runs the
+    ``autocast`` (default: where bf16 is native, see :func:`lavic_ray.model.precision.bf16_is_native`) runs the
     forward in bf16 with fp32 weights. ``tower_lr_scale`` scales the vision tower's learning
     rate against the projector's and the LoRA's (0: the tower frozen, as LLaVA keeps its CLIP
     tower; LLaVA-1.6 tunes it at a tenth of the LLM's rate; 1: in full, the recipe before preset
@@ -246,7 +239,9 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     if not data:
         raise InvalidInput("the catalog has no image with a description to train the vision side on")
     if autocast is None:
-        autocast = cpu_bf16_is_native()
+        from lavic_ray.model.precision import bf16_is_native
+
+        autocast = bf16_is_native("cpu")
     groups = [{"params": vision[len(tower_params):], "lr": lr}]  # vision = the tower's, then the rest (projector, LoRA)
     if tower_params:
         groups.append({"params": tower_params, "lr": lr * tower_lr_scale})

@@ -188,7 +188,7 @@ def test_bf16_mixed_runs_the_forward_in_bf16_and_keeps_fp32_weights(kind):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, caplog, native):
-    """``auto``: bf16 autocast on a CPU with AVX-512 BF16 / AMX, fp32 on one without (emulated bf16 is ~40x slower)."""
+    """``auto``: bf16 autocast on a CPU with AVX-512 BF16 / AMX, fp32 on one without (emulated bf16 ran 20-36x slower)."""
     import torch
 
     from lavic_ray.config import EngineConfig
