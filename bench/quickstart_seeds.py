@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import statistics
 import subprocess
@@ -27,6 +26,8 @@ import sys
 import time
 from datetime import date
 from pathlib import Path
+
+from lavic_ray.model.precision import cpu_summary
 
 REPO = Path(__file__).resolve().parents[1]
 #: per varied step: the artifacts (under a work directory) that step and the ones after it write
@@ -108,7 +109,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"date": str(date.today()), "machine": f"{platform.processor() or platform.machine()}",
+        Path(a.out).write_text(json.dumps({"date": str(date.today()), "machine": cpu_summary(),
                                            "command": " ".join(sys.argv), "vary": a.vary, "runs": rows}, indent=1))
     ok = [r for r in rows if "test_hr@1" in r]
     print("\n| seed | minutes | lavic | title-only | gap | stage-2 steps (lavic) | learned | probe after (decisive attributes) |")

@@ -383,7 +383,9 @@ def _probe_lines(probe: dict) -> list[str]:
 def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted: bool = True,
                   reused: list[str] = ()) -> None:
     from lavic_ray.model.formulations import make_formulation
+    from lavic_ray.model.precision import cpu_summary
 
+    machine = cpu_summary()  # the timings' machine: they are comparable only on one
     catalog = dataset.catalog()
     manifest = json.loads(dataset.manifest.read_text()) if dataset.manifest.is_file() else None
     some = results["random"]
@@ -421,11 +423,12 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted
         *(_probe_lines(probe) if probe else []),
         *(_target_lines(hr, gap, head, timings, reused) if gap is not None else []),
         "![training curves](training_curves.png)" if plotted else "(no training-curve plot: matplotlib is not installed)", "",
-        "## Timings (s)", "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], "",
+        "## Timings (s)", "", f"On {machine}.", "", "| step | seconds |", "|---|---|", *[f"| {k} | {v} |" for k, v in timings.items()], "",
     ]
     atomic_write_text(art.report / "report.md", "\n".join(lines) + "\n")
     write_config(art.report, cfg)
-    (art.report / "results.json").write_text(json.dumps({"methods": results, "probe": probe, "timings": timings}, indent=1))
+    (art.report / "results.json").write_text(json.dumps({"methods": results, "probe": probe, "timings": timings,
+                                                         "machine": machine}, indent=1))
 
 
 def _target_lines(hr: float, gap: float, head: str, timings: dict, reused: list[str] = ()) -> list[str]:

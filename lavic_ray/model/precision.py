@@ -11,6 +11,8 @@ quickstart stage-1 step took ~127 s against 3.5 s in fp32. ``auto`` therefore pi
 from __future__ import annotations
 
 import logging
+import os
+import platform
 
 import torch
 
@@ -31,6 +33,24 @@ def _cpu_has_native_bf16() -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_summary() -> str:
+    """This machine's CPU as the figures it produced should name it, e.g. ``Intel(R) Xeon(R) Processor, 2 cores,
+    AVX512, bf16 native``: the model (from ``/proc/cpuinfo`` where there is one), the cores this process may use,
+    the vector ISA PyTorch dispatches to, and whether bf16 matmuls are native (what ``auto`` decides on)."""
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            name = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), name)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        isa = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        isa = "unknown ISA"
+    return f"{name}, {cores} cores, {isa}, bf16 {'native' if _cpu_has_native_bf16() else 'emulated'}"
 
 
 def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:

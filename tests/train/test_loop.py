@@ -213,6 +213,22 @@ def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, cap
     assert cfg.precision == "auto"  # the caller's config is left as written
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_cpu_summary_names_the_cpu_its_cores_and_whether_bf16_is_native(monkeypatch, native):
+    """Figures name the machine they ran on: the quickstart's report and bench/quickstart_seeds.py write this."""
+    import os
+
+    import torch
+
+    from lavic_ray.model import precision
+
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: native)
+    text = precision.cpu_summary()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert f", {cores} cores, {torch.backends.cpu.get_cpu_capability()}, " in text
+    assert text.endswith("bf16 native" if native else "bf16 emulated")
+
+
 def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
     import torch
 
