@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -72,7 +71,9 @@ def main() -> int:
     base = results[0]["samples_per_s_total"]
     for r in results:
         r["ratio_vs_one_run"] = round(r["samples_per_s_total"] / base, 3)
-    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, {cores} cores",
+    from lavic_ray.model.precision import cpu_summary
+
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_summary(),
            "steps": a.steps, "preset": str(PRESET.relative_to(REPO)), "sets": results}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))

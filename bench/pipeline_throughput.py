@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -51,7 +50,9 @@ def main() -> int:
     print(f"catalog: {time.monotonic() - t:.1f} s", flush=True)
     model = a.model or str(save_checkpoint(build_small_base(), tmp / "small"))
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)
-    result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores", "command": " ".join(sys.argv),
+    from lavic_ray.model.precision import cpu_summary
+
+    result = {"date": str(date.today()), "machine": cpu_summary(), "command": " ".join(sys.argv),
               "ray": ray.__version__}
     base = ["preprocess.cpus_per_worker=1", f"preprocess.shard_size={a.shard_size}"]
     for workers in (1, 2):

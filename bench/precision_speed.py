@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import sys
 import time
 
@@ -27,13 +26,13 @@ def main() -> int:
     import torch
 
     from lavic_ray.model.checkpoints import build_small_base
-    from lavic_ray.model.precision import bf16_is_native, resolve_precision
+    from lavic_ray.model.precision import bf16_is_native, cpu_summary, resolve_precision
 
     lm = build_small_base().model.model.language_model
     for q in lm.parameters():
         q.requires_grad_(True)
     ids = torch.randint(0, lm.config.vocab_size, (a.batch, a.length), generator=torch.Generator().manual_seed(0))
-    out = {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+    out = {"cpu": cpu_summary(), "threads": torch.get_num_threads(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "bf16_native": bf16_is_native("cpu"),
            "auto_resolves_to": resolve_precision("auto", "cpu"), "batch": a.batch, "length": a.length}
     for name, autocast in (("fp32", False), ("bf16-mixed", True)):

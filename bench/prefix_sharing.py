@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -108,7 +107,9 @@ def main() -> int:
             training[mode] = round(train(workdir, mode, a.steps, Path(scratch) / mode), 3)
             print(f"stage 2 {mode}: {training[mode]:.3f} samples/s", flush=True)
         reranking = rerank(Path(scratch) / "packed", workdir, a.repeats)
-    res = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    from lavic_ray.model.precision import cpu_summary
+
+    res = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_summary(),
            "steps": a.steps, "preset": str(PRESET.relative_to(REPO)), "train_samples_per_s": training,
            "train_ratio_packed_vs": {m: round(training["packed"] / training[m], 3) for m in MODES[1:]}, "rerank": reranking}
     r1 = {m: reranking[m]["requests_1"]["median_ms"] for m in MODES}

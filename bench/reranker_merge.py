@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -69,7 +68,9 @@ def main() -> int:
         print(f"{n} request(s) per call: adapter {latency[f'requests_{n}']['adapter']} ms, merged "
               f"{latency[f'requests_{n}']['merged']} ms ({latency[f'requests_{n}']['merged_vs_adapter']}x)", flush=True)
     sa, sm = torch.tensor(plain.score(requests)), torch.tensor(merged.score(requests))
-    res = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    from lavic_ray.model.precision import cpu_summary
+
+    res = {"date": time.strftime("%Y-%m-%d"), "machine": cpu_summary(),
            "threads": torch.get_num_threads(), "run": str(a.run), "precision": "bf16 autocast" if plain.autocast else plain.cfg.model.dtype,
            "candidates_per_request": [len(c) for _, c in requests], "repeats": a.repeats, "latency_ms": latency,
            "load_s": {"adapter": round(t1 - t0, 2), "merged": round(t2 - t1, 2)},

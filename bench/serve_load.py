@@ -185,7 +185,9 @@ def main() -> int:
     url = f"http://127.0.0.1:{a.port}"
     skip = set(filter(None, a.skip.split(",")))
     levels = [int(x) for x in a.concurrency.split(",")]
-    result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.system()}",
+    from lavic_ray.model.precision import cpu_summary
+
+    result = {"date": str(date.today()), "machine": f"{cpu_summary()}, {platform.system()}",
               "command": " ".join(sys.argv), "stage2_dir": args.stage2_dir, "phases": {}}
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False)

@@ -215,7 +215,7 @@ def test_precision_auto_is_bf16_mixed_only_where_bf16_is_native(monkeypatch, cap
 
 @pytest.mark.parametrize("native", [True, False])
 def test_cpu_summary_names_the_cpu_its_cores_and_whether_bf16_is_native(monkeypatch, native):
-    """Figures name the machine they ran on: the quickstart's report and bench/quickstart_seeds.py write this."""
+    """Figures name the machine they ran on: the quickstart's report and the bench scripts write this."""
     import os
 
     import torch
