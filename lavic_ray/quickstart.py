@@ -166,6 +166,30 @@ def _probe_words(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict:
     return probe
 
 
+#: What the quickstart did on a CPU without native bf16, as measured (bench/RESULTS.md, "Every machine").
+FP32_CPU_MEASURED = ("87.5 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03), and stage 2 of `lavic` did not "
+                     "learn there (seed 0; every figure of the 30-min target was measured with bf16 on a CPU that has it)")
+
+
+def _speed_note(cfg: LavicConfig) -> str | None:
+    """What to expect where the run will not be the one the quickstart's figures were measured on.
+
+    ``engine.precision: auto`` trains in fp32 on a CPU without AVX-512 BF16 or AMX (emulated bf16 is ~20x slower
+    there); fp32 on such a CPU is slower than bf16 on one that has it, and the one run measured there did not
+    learn: the person should know before the first hour, not after. None where CUDA is present or bf16 is native.
+    """
+    import torch
+
+    from lavic_ray.model.precision import bf16_is_native, cpu_summary
+
+    if torch.cuda.is_available() or bf16_is_native("cpu"):
+        return None
+    auto = [s for s, e in (("stage 1", cfg.stage1.engine), ("stage 2", cfg.stage2.engine)) if e.precision == "auto"]
+    how = f"{' and '.join(auto)} train in fp32 here (engine.precision auto)" if auto else "training runs as configured"
+    return (f"note: this CPU ({cpu_summary()}) has no native bf16, so {how}. Measured on such a CPU: "
+            f"{FP32_CPU_MEASURED}. The report says whether this run learned")
+
+
 def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str, dict]:
     """Run every step under ``cfg.storage_root``; return ``{method: metrics}`` on the test split.
 
@@ -193,6 +217,9 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
     steps = ["dataset", "model", "stage 1 (with the probe before and after)", "item embedding tables",
              "stage 2: " + ", ".join(cfg.job.variants), "evaluation of every method on the test split", "report"]
     n = len(steps)
+    note = _speed_note(cfg)
+    if note:
+        console.line(note)
     with console.step(steps[0] + (f" {cfg.dataset.root}" if cfg.dataset.root else " (the synthetic catalog)"), 1, n):
         root = timed("synthetic catalog", workflow.dataset_root, cfg, art, create=True)
         report = validate_root(root)
@@ -230,7 +257,7 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         timings["total"] = round(time.monotonic() - t_start, 1)
         _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted, reused)
     console.line(format_table(results))
-    blind = _blind_text(probe) or _words_text(probe)
+    blind = _blind_text(probe) or _words_text(probe) or _carried_text(probe)
     for name in runs:
         if results[name]["learned"] is False:
             curve = ", ".join(f"step {s}: {h:.2f}" for s, h in results[name]["valid_curve"])
@@ -289,6 +316,22 @@ def _blind_text(probe: dict) -> str | None:
                    f"does not see {it}, and no stage can put {it} into the vectors. The limit is the model's vision "
                    "side (the quickstart's small model trains its own from scratch on the catalog), not LaViC's stages.")
     return " ".join(out)
+
+
+def _carried_text(probe: dict) -> str | None:
+    """For a ``lavic`` that did not learn although the 5 vectors carry every decisive attribute after stage 1 (None
+    otherwise, or without the probe): then the vision side and stage 1 did their part, and stage 2 is what failed."""
+    from lavic_ray.eval.probe import near_chance
+
+    after = (probe or {}).get("after")
+    if not after or near_chance(after):
+        return None
+    attrs = after.get("attributes", [])
+    figures = ", ".join(f"{a} {after[f'{a}_accuracy']:.3f}, chance {after[f'{a}_chance']:.3f}" for a in attrs
+                        if f"{a}_chance" in after)
+    return (f"After stage 1, descriptions generated from the 5 vectors name every decisive attribute ({figures}; "
+            f"{after['items']} items): the vision side and stage 1 did their part, and what did not learn is stage 2, "
+            "which did not find how to read the vectors within its steps (see its validation curve).")
 
 
 def _it(things) -> str:
@@ -404,8 +447,9 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted
         f"(oracle HR@10, the ceiling of any reranker); a random order scores HR@1 {some['chance_hr@1']:.3f} on average.", "",
     ]
     if "lavic" in stuck:
+        carried = _carried_text(probe)
         lines += ["**Stage 2 of `lavic` did not learn**: its best validation HR@1 is not above chance (see the curves "
-                  "below); its test figures are those of an untrained reranker.", ""]
+                  "below); its test figures are those of an untrained reranker." + (f" {carried}" if carried else ""), ""]
     ablations = [v for v in stuck if v != "lavic"]
     if ablations:
         lines += ["Stayed at chance: " + ", ".join(f"`{v}`" for v in ablations) + " - an ablation without what decides "

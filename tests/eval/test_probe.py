@@ -15,7 +15,7 @@ from lavic_ray.eval.probe import (
     word_readout,
     words_of,
 )
-from lavic_ray.quickstart import _blind_text, _probe_lines, _words_text
+from lavic_ray.quickstart import _blind_text, _carried_text, _probe_lines, _words_text
 
 
 def result(items=40, **acc):
@@ -39,6 +39,17 @@ def test_the_report_and_console_name_what_the_vectors_lack():
     assert "build" not in text
     probe["after"] = result(motif=(0.6, 1 / 6), build=(0.825, 1 / 3))
     assert _blind_text(probe) is None and _blind_text({}) is None
+
+
+def test_a_run_whose_vectors_carry_every_attribute_puts_the_failure_on_stage_2():
+    """Measured on an AVX2-only CPU: the vectors named colour 0.975 and pattern 0.700 and stage 2 still did not learn."""
+    probe = {"after": result(colour=(0.975, 1 / 8), pattern=(0.7, 1 / 4))}
+    text = _carried_text(probe)
+    assert "name every decisive attribute (colour 0.975, chance 0.125, pattern 0.700, chance 0.250; 40 items)" in text
+    assert "what did not learn is stage 2" in text and _blind_text(probe) is None
+    # an attribute the vectors lack is the other message's; no probe, no claim
+    assert _carried_text({"after": result(colour=(0.975, 1 / 8), pattern=(0.25, 1 / 4))}) is None
+    assert _carried_text({}) is None and _carried_text({"words": {}}) is None
 
 
 def test_the_teacher_probe_tells_an_attribute_the_model_cannot_see_from_one_the_vectors_lost():

@@ -229,6 +229,24 @@ def test_cpu_summary_names_the_cpu_its_cores_and_whether_bf16_is_native(monkeypa
     assert text.endswith("bf16 native" if native else "bf16 emulated")
 
 
+def test_the_quickstart_says_up_front_when_this_cpu_will_take_longer(monkeypatch):
+    """Without native bf16 the quickstart trains in fp32 and takes longer: the console says so before the first step."""
+    import torch
+
+    from lavic_ray.model import precision
+    from lavic_ray.quickstart import FP32_CPU_MEASURED, _speed_note, quickstart_config
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = quickstart_config()
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: True)
+    assert _speed_note(cfg) is None
+    monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: False)
+    note = _speed_note(cfg)
+    assert "bf16 emulated" in note and "stage 1 and stage 2 train in fp32" in note and FP32_CPU_MEASURED in note
+    cfg = quickstart_config(overrides=["stage1.engine.precision=fp32", "stage2.engine.precision=fp32"])
+    assert "runs as configured" in _speed_note(cfg)
+
+
 def test_both_engines_warm_up_the_learning_rate_on_one_linear_schedule():
     import torch
 
