@@ -167,8 +167,10 @@ def _probe_words(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict:
 
 
 #: What the quickstart did on a CPU without native bf16, as measured (bench/RESULTS.md, "Every machine").
-FP32_CPU_MEASURED = ("87.5 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03), and stage 2 of `lavic` did not "
-                     "learn there (seed 0; every figure of the 30-min target was measured with bf16 on a CPU that has it)")
+FP32_CPU_MEASURED = ("87.4 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03), and stage 2 of `lavic` did not "
+                     "learn there (seed 0; every figure of the 30-min target was measured with bf16 on a CPU that has "
+                     "it); on that run's own upstream, stage 2 again with --set stage2.warmup_steps=30 (the preset: 5) "
+                     "learned, test HR@1 0.611 against 0.178 - one run, not yet a default")
 
 
 def _speed_note(cfg: LavicConfig) -> str | None:
