@@ -167,18 +167,20 @@ def _probe_words(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict:
 
 
 #: What the quickstart did on a CPU without native bf16, as measured (bench/RESULTS.md, "Every machine").
-FP32_CPU_MEASURED = ("87.4 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03), and stage 2 of `lavic` did not "
-                     "learn there (seed 0; every figure of the 30-min target was measured with bf16 on a CPU that has "
-                     "it); on that run's own upstream, stage 2 again with --set stage2.warmup_steps=30 (the preset: 5) "
-                     "learned, test HR@1 0.611 against 0.178 - one run, not yet a default")
+FP32_CPU_MEASURED = ("87.4 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03), where stage 2 of `lavic` did not "
+                     "learn on seed 0 with the warm-up of 5 steps the bf16 runs use (0.178); on that run's upstream, "
+                     "stage 2 with 30 warm-up steps learned on each of 3 stage-2 seeds (test HR@1 0.611 / 0.656 / 0.611), "
+                     "so stage 2 warms up over stage2.fp32_warmup_steps where it trains in fp32 - not yet measured "
+                     "from scratch over seeds")
 
 
 def _speed_note(cfg: LavicConfig) -> str | None:
     """What to expect where the run will not be the one the quickstart's figures were measured on.
 
     ``engine.precision: auto`` trains in fp32 on a CPU without AVX-512 BF16 or AMX (emulated bf16 is ~20x slower
-    there); fp32 on such a CPU is slower than bf16 on one that has it, and the one run measured there did not
-    learn: the person should know before the first hour, not after. None where CUDA is present or bf16 is native.
+    there); fp32 on such a CPU is slower than bf16 on one that has it, and its stage 2 warms up differently
+    (``stage2.fp32_warmup_steps``): the person should know before the first hour, not after. None where CUDA is
+    present or bf16 is native.
     """
     import torch
 
@@ -186,10 +188,13 @@ def _speed_note(cfg: LavicConfig) -> str | None:
 
     if torch.cuda.is_available() or bf16_is_native("cpu"):
         return None
-    auto = [s for s, e in (("stage 1", cfg.stage1.engine), ("stage 2", cfg.stage2.engine)) if e.precision == "auto"]
+    fp32 = [(s, c) for s, c in (("stage 1", cfg.stage1), ("stage 2", cfg.stage2)) if c.engine.precision in ("auto", "fp32")]
+    auto = [s for s, c in fp32 if c.engine.precision == "auto"]
     how = f"{' and '.join(auto)} train in fp32 here (engine.precision auto)" if auto else "training runs as configured"
-    return (f"note: this CPU ({cpu_summary()}) has no native bf16, so {how}. Measured on such a CPU: "
-            f"{FP32_CPU_MEASURED}. The report says whether this run learned")
+    warm = [f"{s} warms up over {c.fp32_warmup_steps} steps (fp32_warmup_steps; {c.warmup_steps} with bf16)"
+            for s, c in fp32 if c.fp32_warmup_steps is not None and c.fp32_warmup_steps != c.warmup_steps]
+    return (f"note: this CPU ({cpu_summary()}) has no native bf16, so {how}{', and ' + ', '.join(warm) if warm else ''}. "
+            f"Measured on such a CPU: {FP32_CPU_MEASURED}. The report says whether this run learned")
 
 
 def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str, dict]:

@@ -134,7 +134,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
     total_steps = planned_steps(cfg, steps_per_epoch)
-    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total_steps, cfg.lr_decay)
+    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total_steps, cfg.lr_decay,
+                         cfg.fp32_warmup_steps)
     state = TrainState()
     with reporter.restored() as ckpt:
         if ckpt is not None:

@@ -243,6 +243,7 @@ def test_the_quickstart_says_up_front_when_this_cpu_will_take_longer(monkeypatch
     monkeypatch.setattr(precision, "_cpu_has_native_bf16", lambda: False)
     note = _speed_note(cfg)
     assert "bf16 emulated" in note and "stage 1 and stage 2 train in fp32" in note and FP32_CPU_MEASURED in note
+    assert "stage 2 warms up over 30 steps (fp32_warmup_steps; 5 with bf16)" in note and "stage 1 warms up" not in note
     cfg = quickstart_config(overrides=["stage1.engine.precision=fp32", "stage2.engine.precision=fp32"])
     assert "runs as configured" in _speed_note(cfg)
 
@@ -338,6 +339,25 @@ def test_early_stopping_waits_for_min_steps_then_stops_after_patience(tmp_path):
     task = _Scripted([0.1, 0.1, 0.1, 0.4, 0.5, 0.5, 0.5, 0.9])
     cfg = cfg.model_copy(update={"patience": None, "max_steps": 20})
     assert train(task, cfg, LocalReporter(tmp_path / "run2"), tmp_path / "b")["step"] == 20
+
+
+def test_a_stage_that_trains_in_fp32_warms_up_over_fp32_warmup_steps(tmp_path):
+    from lavic_ray.config import Stage2Config
+    from lavic_ray.train.loop import train
+    from lavic_ray.train.reporting import LocalReporter
+
+    def lrs(precision, **kw):
+        cfg = Stage2Config(max_steps=3, log_every=1, lr=1e-2, warmup_steps=2, patience=None, **kw,
+                           engine={"kind": "torch", "micro_batch_size": 2, "precision": precision})
+        out = tmp_path / f"{precision}{len(kw)}"
+        train(_Scripted([0.1]), cfg, LocalReporter(out / "run"), out)
+        # the learning rate logged after step k is step k+1's: (k+1)/warmup of the peak until the peak
+        return [h["lr"] for h in json.loads((out / "history.json").read_text()) if "lr" in h]
+
+    assert lrs("fp32", fp32_warmup_steps=4) == pytest.approx([5e-3, 7.5e-3, 1e-2])
+    assert lrs("fp32") == pytest.approx([1e-2, 1e-2, 1e-2])  # unset: warmup_steps, whatever the precision
+    # a stage in bf16 keeps warmup_steps (set explicitly: auto would be fp32 on a CPU without native bf16)
+    assert lrs("bf16-mixed", fp32_warmup_steps=4) == pytest.approx([1e-2, 1e-2, 1e-2])
 
 
 def test_a_time_cap_stops_at_the_next_validation(tmp_path):
