@@ -346,6 +346,11 @@ class StageConfig(Strict):
                                                     "window of 32 shuffled micro-batches is sorted by length, then the "
                                                     "window's micro-batches are shuffled again")
 
+    def warmup_for(self, precision: str) -> int:
+        """The warmup of this stage where it trains in ``precision`` (concrete: fp32, bf16-mixed, ...):
+        ``fp32_warmup_steps`` in fp32 where it is set, else ``warmup_steps``."""
+        return self.fp32_warmup_steps if precision == "fp32" and self.fp32_warmup_steps is not None else self.warmup_steps
+
     def run_resources(self) -> tuple[str, float]:
         """The resource one Ray Train run of this stage holds, and how much of it: a GPU per worker, else its CPUs."""
         return ("GPU", float(self.num_workers)) if self.use_gpu else ("CPU", self.num_workers * self.cpus_per_worker)

@@ -184,15 +184,16 @@ def _speed_note(cfg: LavicConfig) -> str | None:
     """
     import torch
 
-    from lavic_ray.model.precision import bf16_is_native, cpu_summary
+    from lavic_ray.model.precision import bf16_is_native, concrete_precision, cpu_summary
 
     if torch.cuda.is_available() or bf16_is_native("cpu"):
         return None
-    fp32 = [(s, c) for s, c in (("stage 1", cfg.stage1), ("stage 2", cfg.stage2)) if c.engine.precision in ("auto", "fp32")]
+    fp32 = [(s, c) for s, c in (("stage 1", cfg.stage1), ("stage 2", cfg.stage2))
+            if concrete_precision(c.engine.precision, "cpu") == "fp32"]
     auto = [s for s, c in fp32 if c.engine.precision == "auto"]
     how = f"{' and '.join(auto)} train in fp32 here (engine.precision auto)" if auto else "training runs as configured"
-    warm = [f"{s} warms up over {c.fp32_warmup_steps} steps (fp32_warmup_steps; {c.warmup_steps} with bf16)"
-            for s, c in fp32 if c.fp32_warmup_steps is not None and c.fp32_warmup_steps != c.warmup_steps]
+    warm = [f"{s} warms up over {c.warmup_for('fp32')} steps (fp32_warmup_steps; {c.warmup_steps} with bf16)"
+            for s, c in fp32 if c.warmup_for("fp32") != c.warmup_steps]
     return (f"note: this CPU ({cpu_summary()}) has no native bf16, so {how}{', and ' + ', '.join(warm) if warm else ''}. "
             f"Measured on such a CPU: {FP32_CPU_MEASURED}. The report says whether this run learned")
 

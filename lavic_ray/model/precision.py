@@ -53,16 +53,24 @@ def cpu_summary() -> str:
     return f"{name}, {cores} cores, {isa}, bf16 {'native' if _cpu_has_native_bf16() else 'emulated'}"
 
 
-def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+def concrete_precision(precision: str, device: torch.device | str = "cpu") -> str:
     """``precision`` as configured, with ``auto`` made concrete for ``device``: ``bf16-mixed`` where bf16 is native,
-    else ``fp32``."""
+    else ``fp32``. Quiet: :func:`resolve_precision` is this plus what the log should say."""
+    if precision != "auto":
+        return precision
+    return "bf16-mixed" if bf16_is_native(device) else "fp32"
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """:func:`concrete_precision`, logging what ``auto`` became and warning of a bf16 setting on a CPU that would
+    emulate it."""
+    concrete = concrete_precision(precision, device)
     if precision != "auto":
         if precision in ("bf16", "bf16-mixed") and torch.device(device).type == "cpu" and not bf16_is_native(device):
             log.warning("engine.precision %s on a CPU without native bf16 (no AVX-512 BF16 or AMX): its matmuls are "
                         "emulated, ~20x slower than fp32 here (bench/RESULTS.md); engine.precision=auto picks fp32 "
                         "on such a CPU", precision)
-        return precision
-    concrete = "bf16-mixed" if bf16_is_native(device) else "fp32"
+        return concrete
     log.info("engine.precision auto -> %s on %s (bf16 matmuls %s there)", concrete, torch.device(device).type,
              "native" if concrete == "bf16-mixed" else "emulated: fp32 is faster")
     return concrete

@@ -265,18 +265,13 @@ ENGINES: dict[str, type[Engine]] = {"deepspeed": DeepSpeedEngine, "torch": Torch
 
 
 def make_engine(module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0,
-                total_steps: int | None = None, decay: str = "constant", fp32_warmup_steps: int | None = None) -> Engine:
+                total_steps: int | None = None, decay: str = "constant") -> Engine:
     """The engine ``cfg.kind`` names, over ``module``'s trainable parameters (learning rate: warmup, then
     ``decay`` to 0 at ``total_steps``, or constant). ``precision: auto`` is made concrete here, for the device
-    ``module`` is on (:func:`lavic_ray.model.precision.resolve_precision`), and the warmup is
-    ``fp32_warmup_steps`` where that comes out fp32 and it is set."""
+    ``module`` is on (:func:`lavic_ray.model.precision.resolve_precision`)."""
     from lavic_ray.model.precision import resolve_precision
 
     concrete = resolve_precision(cfg.precision, next(module.parameters()).device)  # also warns of emulated bf16
     if concrete != cfg.precision:
         cfg = cfg.model_copy(update={"precision": concrete})
-    if concrete == "fp32" and fp32_warmup_steps is not None and fp32_warmup_steps != warmup_steps:
-        log.info("warmup: %d steps (fp32_warmup_steps: this run trains in fp32; warmup_steps %d is for bf16)",
-                 fp32_warmup_steps, warmup_steps)
-        warmup_steps = fp32_warmup_steps
     return ENGINES[cfg.kind](module, cfg, lr, weight_decay, warmup_steps, total_steps, decay)

@@ -21,6 +21,7 @@ import torch
 from lavic_ray.artifacts import atomic_write_text
 from lavic_ray.config import StageConfig
 from lavic_ray.errors import InvalidInput
+from lavic_ray.model.precision import concrete_precision
 from lavic_ray.train.engine import Engine, make_engine, world
 from lavic_ray.train.reporting import SCORE_KEY, UNSCORED, Reporter, Tracker
 
@@ -134,8 +135,11 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
     total_steps = planned_steps(cfg, steps_per_epoch)
-    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total_steps, cfg.lr_decay,
-                         cfg.fp32_warmup_steps)
+    warmup = cfg.warmup_for(concrete_precision(cfg.engine.precision, next(module.parameters()).device))
+    if warmup != cfg.warmup_steps:
+        log.info("warmup: %d steps (fp32_warmup_steps: this run trains in fp32; warmup_steps %d is for bf16)",
+                 warmup, cfg.warmup_steps)
+    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, warmup, total_steps, cfg.lr_decay)
     state = TrainState()
     with reporter.restored() as ckpt:
         if ckpt is not None:
