@@ -167,11 +167,11 @@ def _probe_words(cfg: LavicConfig, art: Artifacts, probe: dict, timed) -> dict:
 
 
 #: What the quickstart did on a CPU without native bf16, as measured (bench/RESULTS.md, "Every machine").
-FP32_CPU_MEASURED = ("87.4 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03), where stage 2 of `lavic` did not "
-                     "learn on seed 0 with the warm-up of 5 steps the bf16 runs use (0.178); on that run's upstream, "
-                     "stage 2 with 30 warm-up steps learned on each of 3 stage-2 seeds (test HR@1 0.611 / 0.656 / 0.611), "
-                     "so stage 2 warms up over stage2.fp32_warmup_steps where it trains in fp32 - not yet measured "
-                     "from scratch over seeds")
+FP32_CPU_MEASURED = ("87.4-96.2 min on an AMD EPYC with AVX2 only, 2 cores (2026-12-03); there stage 2 of `lavic` "
+                     "did not learn on seed 0 with the warm-up of 5 steps the bf16 runs use (0.178), learned on each of "
+                     "3 stage-2 seeds of that run's upstream with 30 (test HR@1 0.611 / 0.656 / 0.611), and with 30 "
+                     "from scratch on seed 1 (0.656 against title-only 0.100), so stage 2 warms up over "
+                     "stage2.fp32_warmup_steps where it trains in fp32")
 
 
 def _speed_note(cfg: LavicConfig) -> str | None:
