@@ -307,7 +307,8 @@ class StageConfig(Strict):
         None, ge=0, description="the warmup where this stage trains in fp32 (engine.precision fp32, or auto on a "
                                 "device without native bf16); None: warmup_steps. The quickstart's stage 2: 30 in "
                                 "fp32 against 5 with bf16 - on an AVX2-only CPU (fp32) stage 2 with 5 did not learn "
-                                "and with 30 learned on each of 3 stage-2 seeds (bench/RESULTS.md, 'Every machine')")
+                                "and with 30 learned on each of 3 stage-2 seeds; on another upstream one stage-2 seed "
+                                "with 30 was still at chance at step 120 when stopped (bench/RESULTS.md, 'Every machine')")
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="after the warmup: a constant learning rate (the reference's), or one decaying to 0 at "
                                 "the last step (max_steps, or the epochs' steps up to step_budget)")
