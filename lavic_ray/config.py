@@ -395,9 +395,12 @@ class Stage2Config(StageConfig):
                               "= those whose item vectors are the most alike the positive's (cosine of the mean of the 5 "
                               "vectors): items told apart only by what the conversation says about their look; a "
                               "title-only run has no vectors and draws at random")
-    pointwise_loss: Literal["yes_no", "ranking", "both"] = Field(
-        "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate; 'ranking' = softmax over a "
-                              "sample's candidates of log P(yes) - log P(no), the score candidates are ranked by; 'both' = their sum")
+    pointwise_loss: Literal["yes_no", "yes_no_pair", "ranking", "both"] = Field(
+        "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate over the vocabulary; 'yes_no_pair' "
+                              "= the same with ' yes' and ' no' normalised against each other alone, so only the margin "
+                              "candidates are ranked by is trained (the first steps no longer teach the answer format); "
+                              "'ranking' = softmax over a sample's candidates of log P(yes) - log P(no), the score "
+                              "candidates are ranked by; 'both' = yes_no + ranking")
     prefix_sharing: PrefixSharing = Field(
         "auto", description="how a prompt is shared by its candidates' continuations (pointwise: candidate suffixes after "
                             "the conversation, in training and scoring; listwise scoring: answers after the prompt), the "

@@ -122,6 +122,26 @@ def ranking_loss(margins: torch.Tensor, positives: list[tuple[bool, ...]]) -> to
     return torch.stack(terms).mean() if terms else margins.sum() * 0.0
 
 
+def yes_no_loss(lp: torch.Tensor, positives: list[tuple[bool, ...]], pair: bool = False) -> torch.Tensor:
+    """The balanced yes/no NLL: positives and negatives weigh half each, whatever their ratio.
+
+    ``lp`` is request-major ``(candidates, 2)``: log P(" yes"), log P(" no") over the whole
+    vocabulary. With ``pair`` the two answers are normalised against each other alone
+    (``log_softmax`` over the pair), so the loss is ``softplus(-margin)`` for a positive and
+    ``softplus(margin)`` for a negative, ``margin = log P(yes) - log P(no)``: only the margin that
+    candidates are ranked by is trained, and nothing pushes the rest of the vocabulary down.
+    """
+    positive = torch.tensor([p for pos in positives for p in pos], device=lp.device)
+    if positive.shape[0] != lp.shape[0]:
+        raise ValueError(f"{lp.shape[0]} rows of log-probabilities for {positive.shape[0]} candidates")
+    if pair:
+        lp = torch.log_softmax(lp, dim=-1)
+    nll = -torch.where(positive, lp[:, 0], lp[:, 1])
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    weight = torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1)) / ((n_pos > 0) + (n_neg > 0))
+    return (weight * nll).sum()
+
+
 def length_estimate(sample: ListwiseSample | PointwiseSample, title: Callable[[str], str]) -> int:
     """Characters of the conversation and of every candidate's ID and title: a cheap proxy for a
     sample's tokens, for length-grouped micro-batches."""
@@ -197,20 +217,17 @@ class Pointwise(Formulation):
                                  similar if self.cfg.negative_sampling == "visual" else None)
 
     def loss(self, engine, builder, batch, candidates, lookup):
-        """``stage2.pointwise_loss``: the balanced yes/no NLL (positives and negatives weigh half each,
-        whatever their ratio), the ranking loss (softmax over each sample's candidates of the margin
-        log P(yes) - log P(no) that evaluation ranks by, positive as the target), or their sum."""
+        """``stage2.pointwise_loss``: the balanced yes/no NLL over the vocabulary (:func:`yes_no_loss`),
+        the same over the pair " yes" / " no" alone (``yes_no_pair``), the ranking loss (softmax over each
+        sample's candidates of the margin log P(yes) - log P(no) that evaluation ranks by, positive as the
+        target), or the vocabulary NLL and the ranking loss summed (``both``)."""
         requests = [(s.conv.context, candidates(s.candidates)) for s in batch]
         lp, tokens = engine(fn=pointwise_log_probs, builder=builder, requests=requests, lookup=lookup, max_rows=None,
                             sharing=self.cfg.prefix_sharing, gradient_checkpointing=self.cfg.engine.gradient_checkpointing)
         kind = self.cfg.pointwise_loss
         loss = lp.new_zeros(())
-        if kind in ("yes_no", "both"):
-            positive = torch.tensor([p for s in batch for p in s.positive], device=lp.device)
-            nll = -torch.where(positive, lp[:, 0], lp[:, 1])
-            n_pos, n_neg = int(positive.sum()), int((~positive).sum())
-            weight = torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1)) / ((n_pos > 0) + (n_neg > 0))
-            loss = loss + (weight * nll).sum()
+        if kind in ("yes_no", "yes_no_pair", "both"):
+            loss = loss + yes_no_loss(lp, [s.positive for s in batch], pair=kind == "yes_no_pair")
         if kind in ("ranking", "both"):
             loss = loss + ranking_loss(lp[:, 0] - lp[:, 1], [s.positive for s in batch])
         return loss, tokens

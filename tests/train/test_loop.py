@@ -12,7 +12,7 @@ from lavic_ray.config import load_config
 from lavic_ray.data.records import Conversation
 from lavic_ray.train.reporting import LATEST, LocalReporter
 from lavic_ray.train.run import run_local
-from lavic_ray.model.formulations import listwise_samples, pointwise_samples, ranking_loss
+from lavic_ray.model.formulations import listwise_samples, pointwise_samples, ranking_loss, yes_no_loss
 
 
 def tiny_cfg(tiny_dir, *extra, root=None):
@@ -125,6 +125,29 @@ def test_ranking_loss_is_softmax_cross_entropy_per_sample():
     assert g[4] < 0 and g[3] > 0 and g[5] == 0  # the sample without a negative carries no gradient
     with pytest.raises(ValueError, match="margins"):
         ranking_loss(margins, [(True, False)])
+
+
+def test_yes_no_loss_is_balanced_and_the_pair_form_trains_only_the_margin():
+    import torch
+
+    # 1 positive, 3 negatives; columns: log P(yes), log P(no) over the vocabulary
+    lp = torch.tensor([[-1.0, -3.0], [-2.0, -1.5], [-4.0, -0.5], [-2.5, -2.5]])
+    positives = [(True, False, False, False)]
+    vocab = yes_no_loss(lp, positives)
+    assert math.isclose(float(vocab), (1.0 + (1.5 + 0.5 + 2.5) / 3) / 2, rel_tol=1e-6)  # half on the positive, half on the negatives' mean
+    x = lp.clone().requires_grad_(True)
+    pair = yes_no_loss(x, positives, pair=True)
+    margin = lp[:, 0] - lp[:, 1]
+    want = (torch.nn.functional.softplus(-margin[0]) + torch.nn.functional.softplus(margin[1:]).mean()) / 2
+    assert torch.isclose(pair, want)
+    pair.backward()
+    assert torch.allclose(x.grad.sum(dim=1), torch.zeros(4), atol=1e-7)  # only the margin moves: no push on the format
+    assert x.grad[0, 0] < 0 and x.grad[1, 0] > 0  # descent raises the positive's yes, lowers a negative's
+    # shifting both answers' log-probabilities together (the mass on the rest of the vocabulary) changes nothing
+    assert torch.isclose(yes_no_loss(lp - 3.0, positives, pair=True), pair)
+    assert torch.isclose(yes_no_loss(torch.zeros(2, 2), [(True, False)], pair=True), torch.tensor(math.log(2)))
+    with pytest.raises(ValueError, match="candidates"):
+        yes_no_loss(lp, [(True, False)])
 
 
 def test_stage2_needs_the_table_for_images(tmp_path, tiny_dir, synth_root):
