@@ -409,6 +409,23 @@ class Stage2Config(StageConfig):
                             "per candidate; 'auto' = packed, or cache/none under FlashAttention-2, which takes no such mask")
     use_images: bool = True
     candidates_key: str = "candidates_st"
+    attempts: int = Field(
+        1, ge=1, description="lavic-ray option (1: one run, the paper's): runs of a variant's stage 2 until one leaves "
+                             "chance. An attempt whose validations are still at chance at chance_check_step (the report's "
+                             "'did not learn' test on the validations so far) stops there, is set aside as <stage dir>."
+                             "attempt<k>, and the next starts afresh with stage2.seed + k (new LoRA init, order and "
+                             "negatives); the last attempt is not checked and runs to its own end. The same rule for every "
+                             "variant, so an ablation is retried as the method is. Needs chance_check_step")
+    chance_check_step: int | None = Field(
+        None, ge=1, description="stage2.attempts > 1: from this step's validation on (the first at or after it), an "
+                                "attempt that is not the last and is still at chance stops, and the next one starts")
+
+    @model_validator(mode="after")
+    def _attempts_need_a_check(self) -> "Stage2Config":
+        if self.attempts > 1 and self.chance_check_step is None:
+            raise ValueError("stage2.attempts > 1 needs stage2.chance_check_step: the step at which an attempt still at "
+                             "chance gives way to the next")
+        return self
 
 
 class JobConfig(Strict):

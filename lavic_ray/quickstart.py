@@ -256,8 +256,11 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
             histories[f"stage2 {name}"] = json.loads((Path(r.stage2_dir) / "history.json").read_text())
         art.report.mkdir(parents=True, exist_ok=True)
         plotted = _plot(histories, art.report / "training_curves.png")
-        for name in runs:
+        for name, r in runs.items():
             results[name].update(_verdict(histories[f"stage2 {name}"]))
+            attempts = Path(r.stage2_dir) / workflow.ATTEMPTS_FILE
+            if attempts.is_file():  # stage2.attempts > 1: every attempt's seed and verdict
+                results[name]["attempts"] = json.loads(attempts.read_text())
         if results.get("lavic", {}).get("learned") is False:
             if "after" in probe and "teacher" not in probe:  # a synthetic catalog: its attribute truth
                 probe = _probe_teacher(cfg, art, probe, timed)
@@ -473,6 +476,7 @@ def _write_report(art, cfg, results, probe, timings, dataset, histories, plotted
         "## Stage 2: did each variant learn?", "",
         "| variant | learned | best validation HR@1 (step) | chance | validation HR@1 by step |", "|---|---|---|---|---|",
         *[_verdict_row(v, results[v]) for v in variants], "",
+        *_attempt_lines(results, variants, s2),
         *(_probe_lines(probe) if probe else []),
         *(_target_lines(hr, gap, head, timings, reused) if gap is not None else []),
         "![training curves](training_curves.png)" if plotted else "(no training-curve plot: matplotlib is not installed)", "",
@@ -497,6 +501,19 @@ def _target_lines(hr: float, gap: float, head: str, timings: dict, reused: list[
     return ["## Targets", "",
             f"LaViC {head} {hr:.4f} (target >= 0.6), {gap:+.4f} over title-only (target >= +0.25), {when}: "
             f"**{'met' if met else 'NOT met'}**.", ""]
+
+
+def _attempt_lines(results: dict, variants: list[str], s2) -> list[str]:
+    """The set-aside attempts of ``stage2.attempts`` (none: nothing to say)."""
+    rows = [(v, a) for v in variants for a in results[v].get("attempts", [])]
+    if not any(a["attempt"] > 1 for _, a in rows):
+        return []
+    return [f"`stage2.attempts: {s2.attempts}`: an attempt whose validation was still at chance at step "
+            f"{s2.chance_check_step} or later (or at its end) was set aside and the next started with the next seed, the same "
+            "rule for every variant; the rows above are each variant's last attempt.", "",
+            "| variant | attempt | seed | learned | steps | validation HR@1 by step |", "|---|---|---|---|---|---|",
+            *[f"| {v} | {a['attempt']} | {a['seed']} | {'yes' if a['learned'] else 'no' if a['learned'] is False else 'unknown'} "
+              f"| {a['steps']} | {', '.join(f'{s}: {h:.2f}' for s, h in a['valid_curve'])} |" for v, a in rows], ""]
 
 
 def _verdict_row(name: str, m: dict) -> str:

@@ -200,9 +200,58 @@ def stage2(cfg: LavicConfig, art: Artifacts, name: str, out: Path | None = None,
     if table is not None and not table.is_file():
         raise InputMissing(f"stage 2 ({name}) reads {table}, which is missing (run jobs/embed.py or lavic embed)")
     d = Path(out or art.stage2(name))
-    if not stage_done(d):
-        run_stage("stage2", vcfg, d, table, use_ray=use_ray)
+    _attempts(vcfg, d, lambda acfg: run_stage("stage2", acfg, d, table, use_ray=use_ray), name)
     return LavicRun(stage2_dir=str(d), table=str(table) if table else None)
+
+
+ATTEMPTS_FILE = "attempts.json"
+
+
+def attempt_dir(d: Path, k: int) -> Path:
+    """Where attempt ``k`` (1-based) of the stage-2 run ``d`` is kept once a later attempt replaced it."""
+    return d.with_name(f"{d.name}.attempt{k}")
+
+
+def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], name: str) -> None:
+    """Stage 2 into ``d`` under ``stage2.attempts``: an attempt still at chance at ``chance_check_step`` (it stopped
+    there) is moved to ``<d>.attempt<k>`` and the next starts with ``stage2.seed + k``; ``<d>/attempts.json`` lists every
+    attempt. Resumes where it stopped: the attempts already set aside are counted, and a half-done run in ``d`` is the
+    next attempt's."""
+    import json
+
+    from lavic_ray import console
+    from lavic_ray.eval.metrics import learning_verdict
+
+    s = vcfg.stage2
+    done = 0
+    while attempt_dir(d, done + 1).is_dir():
+        done += 1
+    for k in range(done, s.attempts):
+        last = k == s.attempts - 1
+        acfg = vcfg.model_copy(update={"stage2": s.model_copy(update={
+            "seed": s.seed + k, "chance_check_step": None if last else s.chance_check_step})})
+        if not stage_done(d):
+            run(acfg)
+        history = json.loads((d / "history.json").read_text())
+        v = learning_verdict(history)
+        if last or v["learned"] is not False or max((int(h["step"]) for h in history), default=0) < s.chance_check_step:
+            break  # it left chance, or it ended before the check (a run shorter than chance_check_step runs once)
+        curve = ", ".join(f"{h:.2f}" for _, h in v["valid_curve"])
+        console.get().line(f"stage 2 of {name}, attempt {k + 1} of {s.attempts} (seed {s.seed + k}): validation HR@1 still "
+                           f"at chance ({curve} at steps {', '.join(str(st) for st, _ in v['valid_curve'])}); set aside as "
+                           f"{attempt_dir(d, k + 1).name}, attempt {k + 2} starts with seed {s.seed + k + 1}")
+        d.rename(attempt_dir(d, k + 1))
+    if s.attempts > 1 and stage_done(d):
+        rows = []
+        for k in range(1, s.attempts + 1):
+            a = attempt_dir(d, k) if attempt_dir(d, k).is_dir() else d
+            v = learning_verdict(json.loads((a / "history.json").read_text()))
+            rows.append({"attempt": k, "seed": s.seed + k - 1, "dir": a.name, "learned": v["learned"],
+                         "steps": max((int(h["step"]) for h in json.loads((a / "history.json").read_text())), default=0),
+                         "valid_curve": v["valid_curve"]})
+            if a == d:
+                break
+        (d / ATTEMPTS_FILE).write_text(json.dumps(rows, indent=1))
 
 
 def concurrent_runs(stage_cfg, total: dict[str, float]) -> int:

@@ -61,6 +61,11 @@ class Task(ABC):
         micro-batches; None when lengths do not vary enough to matter."""
         return None
 
+    def at_chance(self, history: list[dict]) -> bool:
+        """Whether the validations so far (``history``) say the run has not left chance (``chance_check_step``);
+        a task that cannot tell says False."""
+        return False
+
 
 @dataclass
 class TrainState:
@@ -73,7 +78,7 @@ class TrainState:
     resumed_at: list[int] = field(default_factory=list)
     #: validations in a row without an improvement of ``min_delta`` (early stopping)
     since_improved: int = 0
-    #: why the run ended before its step cap (``patience``, ``time``), if it did
+    #: why the run ended before its step cap (``patience``, ``time``, ``chance``), if it did
     stopped: str | None = None
 
 
@@ -188,12 +193,15 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if state.step % eval_every == 0 or state.step == total_steps:
                 metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}),
                            **_validate(task, module, state, out_dir, rank, engine, cfg, write=not reporter.owns_best)}
-                stop = _agree(_should_stop(cfg, state, (time.monotonic() - t0) / 60), engine.device)
+                check = getattr(cfg, "chance_check_step", None)
+                at_chance = check is not None and state.step >= check and task.at_chance(state.history + [metrics])
+                stop = _agree(_should_stop(cfg, state, (time.monotonic() - t0) / 60, at_chance), engine.device)
                 if stop and state.step < total_steps:
                     state.stopped = stop
                     metrics["stopped"] = 1
-                    log.info("%s: stopping at step %d of %d (%s)", task.name, state.step, total_steps,
-                             f"no improvement in {cfg.patience} validations" if stop == "patience" else f"{cfg.max_minutes} min cap")
+                    log.info("%s: stopping at step %d of %d (%s)", task.name, state.step, total_steps, {
+                        "patience": f"no improvement in {cfg.patience} validations", "time": f"{cfg.max_minutes} min cap",
+                        "chance": f"validation still at chance at step {check} or later (chance_check_step)"}[stop])
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
@@ -259,9 +267,11 @@ def _grow_threads(name: str) -> None:
         log.info("%s: %d idle CPUs, %d -> %d torch threads", name, int(idle + 0.2), cur, new)
 
 
-def _should_stop(cfg: StageConfig, state: TrainState, minutes: float) -> str | None:
-    """Early stopping after a validation: ``patience`` validations without improvement (past ``min_steps``),
-    or the time cap."""
+def _should_stop(cfg: StageConfig, state: TrainState, minutes: float, at_chance: bool = False) -> str | None:
+    """Early stopping after a validation: ``chance`` (the task says it is still at chance, checked from
+    ``chance_check_step`` on), ``patience`` validations without improvement (past ``min_steps``), or the time cap."""
+    if at_chance:
+        return "chance"
     if cfg.max_minutes is not None and minutes >= cfg.max_minutes:
         return "time"
     if cfg.patience is not None and state.step >= cfg.min_steps and state.since_improved >= cfg.patience:
@@ -275,7 +285,7 @@ def _agree(decision: str | None, device: torch.device) -> str | None:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return decision
-    codes = [None, "patience", "time"]
+    codes = [None, "patience", "time", "chance"]
     t = torch.tensor([codes.index(decision)], device=device)
     dist.broadcast(t, src=0)
     return codes[int(t.item())]
