@@ -228,8 +228,9 @@ def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], 
         done += 1
     for k in range(done, s.attempts):
         last = k == s.attempts - 1
-        acfg = vcfg.model_copy(update={"stage2": s.model_copy(update={
-            "seed": s.seed + k, "chance_check_step": None if last else s.chance_check_step})})
+        # the last attempt is one unchecked run: its config (re-validated wherever it trains) says so
+        acfg = vcfg.model_copy(update={"stage2": s.model_copy(update={"seed": s.seed + k, **(
+            {"attempts": 1, "chance_check_step": None} if last else {})})})
         if not stage_done(d):
             run(acfg)
         history = json.loads((d / "history.json").read_text())

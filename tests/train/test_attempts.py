@@ -34,7 +34,9 @@ def test_an_attempt_at_chance_is_set_aside_and_the_next_seed_runs(tmp_path, tiny
     h1 = json.loads((first / "history.json").read_text())
     assert max(h["step"] for h in h1) == 2  # stopped at the check, not at its step cap
     seeds = [yaml.safe_load((d / "config.yaml").read_text())["stage2"] for d in (first, out)]
-    assert [(s["seed"], s["chance_check_step"]) for s in seeds] == [(5, 2), (6, None)]  # the last attempt is not checked
+    assert [(s["seed"], s["attempts"], s["chance_check_step"]) for s in seeds] == [(5, 2, 2), (6, 1, None)]
+    for d in (first, out):  # each attempt's config loads again, as a Ray Train worker re-validates it
+        load_config(d / "config.yaml")
     h2 = json.loads((out / "history.json").read_text())
     assert max(h["step"] for h in h2) == 4  # the last attempt runs to its own end whatever it reaches
     rows = json.loads((out / workflow.ATTEMPTS_FILE).read_text())
