@@ -171,8 +171,9 @@ FP32_CPU_MEASURED = ("87.4-96.2 min on an AMD EPYC with AVX2 only, 2 cores (2026
                      "did not learn on seed 0 with the warm-up of 5 steps the bf16 runs use (0.178), learned on each of "
                      "3 stage-2 seeds of that run's upstream with 30 (test HR@1 0.611 / 0.656 / 0.611), and with 30 "
                      "from scratch on seed 1 (0.656 against title-only 0.100), so stage 2 warms up over "
-                     "stage2.fp32_warmup_steps where it trains in fp32; one more stage-2 seed was still at chance at "
-                     "step 120 when stopped, so it may not learn on every seed there")
+                     "stage2.fp32_warmup_steps where it trains in fp32; one more stage-2 seed stayed at chance to its "
+                     "end (0.156), so a stage 2 still at chance at step 120 gives way to the next seed "
+                     "(stage2.attempts: 2), which adds time when it happens")
 
 
 def _speed_note(cfg: LavicConfig) -> str | None:

@@ -223,6 +223,10 @@ def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], 
     from lavic_ray.eval.metrics import learning_verdict
 
     s = vcfg.stage2
+    if s.attempts == 1:  # one run, as before attempts existed (the paper's)
+        if not stage_done(d):
+            run(vcfg)
+        return
     done = 0
     while attempt_dir(d, done + 1).is_dir():
         done += 1
@@ -246,10 +250,10 @@ def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], 
         rows = []
         for k in range(1, s.attempts + 1):
             a = attempt_dir(d, k) if attempt_dir(d, k).is_dir() else d
-            v = learning_verdict(json.loads((a / "history.json").read_text()))
+            history = json.loads((a / "history.json").read_text())
+            v = learning_verdict(history)
             rows.append({"attempt": k, "seed": s.seed + k - 1, "dir": a.name, "learned": v["learned"],
-                         "steps": max((int(h["step"]) for h in json.loads((a / "history.json").read_text())), default=0),
-                         "valid_curve": v["valid_curve"]})
+                         "steps": max((int(h["step"]) for h in history), default=0), "valid_curve": v["valid_curve"]})
             if a == d:
                 break
         (d / ATTEMPTS_FILE).write_text(json.dumps(rows, indent=1))
