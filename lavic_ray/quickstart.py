@@ -171,9 +171,10 @@ FP32_CPU_MEASURED = ("87.4-96.2 min on an AMD EPYC with AVX2 only, 2 cores (2026
                      "did not learn on seed 0 with the warm-up of 5 steps the bf16 runs use (0.178), learned on each of "
                      "3 stage-2 seeds of that run's upstream with 30 (test HR@1 0.611 / 0.656 / 0.611), and with 30 "
                      "from scratch on seed 1 (0.656 against title-only 0.100), so stage 2 warms up over "
-                     "stage2.fp32_warmup_steps where it trains in fp32; one more stage-2 seed stayed at chance to its "
-                     "end (0.156), so a stage 2 still at chance at step 120 gives way to the next seed "
-                     "(stage2.attempts: 2), which adds time when it happens")
+                     "stage2.fp32_warmup_steps where it trains in fp32; on seed 1's upstream stage-2 seeds 2 and 3 stayed "
+                     "at chance (0.156, 0.078), so it may not learn on every seed there; a run at chance says so, and "
+                     "--set stage2.attempts=2 --set stage2.chance_check_step=120 retries one still at chance at step 120 "
+                     "with the next seed")
 
 
 def _speed_note(cfg: LavicConfig) -> str | None:
@@ -510,8 +511,8 @@ def _attempt_lines(results: dict, variants: list[str], s2) -> list[str]:
     if not any(a["attempt"] > 1 for _, a in rows):
         return []
     return [f"`stage2.attempts: {s2.attempts}`: an attempt whose validation was still at chance at step "
-            f"{s2.chance_check_step} or later (or at its end) was set aside and the next started with the next seed, the same "
-            "rule for every variant; the rows above are each variant's last attempt.", "",
+            f"{s2.chance_check_step} was set aside and the next started with the next seed, the same rule for every variant; "
+            "the rows above are each variant's last attempt.", "",
             "| variant | attempt | seed | learned | steps | validation HR@1 by step |", "|---|---|---|---|---|---|",
             *[f"| {v} | {a['attempt']} | {a['seed']} | {'yes' if a['learned'] else 'no' if a['learned'] is False else 'unknown'} "
               f"| {a['steps']} | {', '.join(f'{s}: {h:.2f}' for s, h in a['valid_curve'])} |" for v, a in rows], ""]
