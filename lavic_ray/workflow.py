@@ -246,7 +246,7 @@ def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], 
                            f"at chance ({curve} at steps {', '.join(str(st) for st, _ in v['valid_curve'])}); set aside as "
                            f"{attempt_dir(d, k + 1).name}, attempt {k + 2} starts with seed {s.seed + k + 1}")
         d.rename(attempt_dir(d, k + 1))
-    if s.attempts > 1 and stage_done(d):
+    if stage_done(d):
         rows = []
         for k in range(1, s.attempts + 1):
             a = attempt_dir(d, k) if attempt_dir(d, k).is_dir() else d
