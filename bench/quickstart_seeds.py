@@ -3,6 +3,7 @@
     python bench/quickstart_seeds.py --seeds 0 1 2 --root /tmp/qs_seeds                      # the whole chain per seed
     python bench/quickstart_seeds.py --seeds 1 2 3 --root /tmp/qs_s2 --vary stage2 --base /tmp/qs_seeds/seed0
     python bench/quickstart_seeds.py --seeds 0 1 2 --root /tmp/qs_b --set synth.scheme=gadgets  # another catalog setting
+    python bench/quickstart_seeds.py --seeds 0 --root /tmp/qs_a --isa avx2    # as an AVX2-only CPU runs it, on a newer one
 
 ``--vary all`` runs ``lavic quickstart --set seed=S`` from scratch per seed (every step seeded by S). ``--vary
 model|stage1|stage2`` holds every step before that one fixed - it copies them from ``--base``, a finished
@@ -13,12 +14,18 @@ Per seed it records the wall time, the small model's build probe (attributes nam
 tokens) when the build ran, the stage-1 probe before and after, each stage-2 variant's validation curve and
 verdict, and every method's test HR@1. Results go to ``--out`` (JSON) and a markdown table is printed.
 Each run is a subprocess with its own local Ray, like a user's.
+
+``--isa avx2`` runs each subprocess (and the Ray workers it starts, which inherit its environment) with PyTorch,
+oneDNN and MKL held to AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``): on a
+CPU with AVX-512 BF16 it then reports ``AVX2, bf16 emulated``, so ``engine.precision: auto`` trains in fp32 with
+the kernels an AVX2-only CPU uses - the quickstart as such a CPU runs it, on whatever machine is at hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -36,6 +43,8 @@ DOWNSTREAM = {
     "stage1": ["stage1", "items", "stage2", "eval", "report"],
     "stage2": ["stage2", "eval", "report"],
 }
+#: the environment that holds PyTorch (ATen), oneDNN and MKL to one instruction set (``--isa``)
+ISA_ENV = {"avx2": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2"}}
 SEED_KEY = {"all": "seed", "model": "small_model.seed", "stage1": "stage1.seed", "stage2": "stage2.seed"}
 
 
@@ -89,7 +98,13 @@ def main() -> int:
     p.add_argument("--base", help="--vary model|stage1|stage2: a finished quickstart work directory to hold fixed")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="quickstart override")
     p.add_argument("--out", default="bench/results/quickstart_seeds.json")
+    p.add_argument("--isa", choices=["native", *ISA_ENV], default="native",
+                   help="avx2: run as an AVX2-only CPU does (PyTorch, oneDNN and MKL held to AVX2; fp32 under auto)")
     a = p.parse_args()
+    env = {**os.environ, **ISA_ENV.get(a.isa, {})}
+    machine = cpu_summary() if a.isa == "native" else subprocess.run(
+        [sys.executable, "-c", "from lavic_ray.model.precision import cpu_summary; print(cpu_summary())"],
+        env=env, capture_output=True, text=True, check=True).stdout.strip() + f" (held to it on: {cpu_summary()})"
     if a.vary != "all" and not (a.base and Path(a.base, "report").is_dir()):
         p.error("--vary model|stage1|stage2 needs --base: a finished quickstart work directory")
     lavic = Path(sys.executable).parent / "lavic"
@@ -101,7 +116,7 @@ def main() -> int:
         for ov in a.overrides:
             cmd += ["--set", ov]
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
         seconds = time.monotonic() - t0
         if proc.returncode != 0:
             print(f"seed {seed}: failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}", file=sys.stderr)
@@ -111,7 +126,7 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(json.dumps({"date": str(date.today()), "machine": cpu_summary(),
+        Path(a.out).write_text(json.dumps({"date": str(date.today()), "machine": machine,
                                            "command": " ".join(sys.argv), "vary": a.vary, "runs": rows}, indent=1))
     ok = [r for r in rows if "test_hr@1" in r]
     print("\n| seed | minutes | lavic | title-only | gap | stage-2 steps (lavic) | learned | probe after (decisive attributes) |")
