@@ -61,9 +61,9 @@ class Task(ABC):
         micro-batches; None when lengths do not vary enough to matter."""
         return None
 
-    def at_chance(self, history: list[dict]) -> bool:
-        """Whether the validations so far (``history``) say the run has not left chance (``chance_check_step``);
-        a task that cannot tell says False."""
+    def at_chance(self, step: int, history: list[dict]) -> bool:
+        """Whether the run, at ``step`` with the validations so far (``history``), is to stop because it has not
+        left chance; the task owns the rule (stage 2: ``stage2.chance_check_step``). A task that cannot tell says False."""
         return False
 
 
@@ -193,15 +193,14 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if state.step % eval_every == 0 or state.step == total_steps:
                 metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}),
                            **_validate(task, module, state, out_dir, rank, engine, cfg, write=not reporter.owns_best)}
-                check = getattr(cfg, "chance_check_step", None)
-                at_chance = check is not None and state.step >= check and task.at_chance(state.history + [metrics])
+                at_chance = task.at_chance(state.step, state.history + [metrics])
                 stop = _agree(_should_stop(cfg, state, (time.monotonic() - t0) / 60, at_chance), engine.device)
                 if stop and state.step < total_steps:
                     state.stopped = stop
                     metrics["stopped"] = 1
                     log.info("%s: stopping at step %d of %d (%s)", task.name, state.step, total_steps, {
                         "patience": f"no improvement in {cfg.patience} validations", "time": f"{cfg.max_minutes} min cap",
-                        "chance": f"validation still at chance at step {check} or later (chance_check_step)"}[stop])
+                        "chance": "validation still at chance (the task's chance check)"}[stop])
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)

@@ -81,9 +81,11 @@ class Stage2Task(Task):
         return {"valid_hr@1": m["hr@1"], "valid_ndcg@10": m["ndcg@10"], "valid_oracle_hr@10": m["oracle_hr@10"],
                 "valid_chance_hr@1": m["chance_hr@1"], "valid_conversations": m["conversations"]}
 
-    def at_chance(self, history):
-        """The report's "did not learn" test on the validations so far (Bonferroni over them)."""
-        return learning_verdict(history)["learned"] is False
+    def at_chance(self, step, history):
+        """From ``stage2.chance_check_step`` on (never when it is None): the report's "did not learn" test on the
+        validations so far (Bonferroni over them)."""
+        check = self.scfg.chance_check_step
+        return check is not None and step >= check and learning_verdict(history)["learned"] is False
 
     def save_adapter(self, module, directory):
         save_adapter(module, directory)

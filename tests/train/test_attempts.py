@@ -8,6 +8,7 @@ import yaml
 from lavic_ray import workflow
 from lavic_ray.config import load_config
 from lavic_ray.train.loop import TrainState, _should_stop
+from lavic_ray.train.stage2 import Stage2Task
 
 
 def test_a_run_at_chance_stops_before_patience_or_the_time_cap():
@@ -16,6 +17,24 @@ def test_a_run_at_chance_stops_before_patience_or_the_time_cap():
     assert _should_stop(cfg, TrainState(step=120), 1.0) is None
     assert _should_stop(cfg, TrainState(step=120, since_improved=2), 1.0) == "patience"
     assert _should_stop(cfg, TrainState(step=120), 6.0) == "time"
+
+
+def test_stage2_checks_for_chance_only_from_its_own_check_step():
+    # the rule is the task's: stage2.chance_check_step (None: never), then the report's "did not learn" test
+    def val(step, hr):
+        return {"step": step, "valid_hr@1": hr, "valid_chance_hr@1": 0.1, "valid_conversations": 60}
+
+    flat, climbed = [val(30, 0.1), val(60, 0.1)], [val(30, 0.1), val(60, 0.5)]
+
+    def task(check):
+        sets = ["stage2.attempts=2", f"stage2.chance_check_step={check}"] if check else []
+        return type("T", (), {"scfg": load_config(None, sets).stage2})()
+
+    at_chance = Stage2Task.at_chance
+    assert at_chance(task(60), 60, flat) is True
+    assert at_chance(task(60), 59, flat) is False       # before the check step
+    assert at_chance(task(60), 60, climbed) is False    # it learned
+    assert at_chance(task(None), 600, flat) is False    # no check step: never
 
 
 def test_an_attempt_at_chance_is_set_aside_and_the_next_seed_runs(tmp_path, tiny_dir, synth_root, caplog):
