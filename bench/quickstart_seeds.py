@@ -3,7 +3,7 @@
     python bench/quickstart_seeds.py --seeds 0 1 2 --root /tmp/qs_seeds                      # the whole chain per seed
     python bench/quickstart_seeds.py --seeds 1 2 3 --root /tmp/qs_s2 --vary stage2 --base /tmp/qs_seeds/seed0
     python bench/quickstart_seeds.py --seeds 0 1 2 --root /tmp/qs_b --set synth.scheme=gadgets  # another catalog setting
-    python bench/quickstart_seeds.py --seeds 0 --root /tmp/qs_a --isa avx2    # as an AVX2-only CPU runs it, on a newer one
+    python bench/quickstart_seeds.py --seeds 0 --root /tmp/qs_a --isa avx2    # fp32 with AVX2 kernels, on a newer CPU
 
 ``--vary all`` runs ``lavic quickstart --set seed=S`` from scratch per seed (every step seeded by S). ``--vary
 model|stage1|stage2`` holds every step before that one fixed - it copies them from ``--base``, a finished
@@ -18,7 +18,9 @@ Each run is a subprocess with its own local Ray, like a user's.
 ``--isa avx2`` runs each subprocess (and the Ray workers it starts, which inherit its environment) with PyTorch,
 oneDNN and MKL held to AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``MKL_ENABLE_INSTRUCTIONS``): on a
 CPU with AVX-512 BF16 it then reports ``AVX2, bf16 emulated``, so ``engine.precision: auto`` trains in fp32 with
-the kernels an AVX2-only CPU uses - the quickstart as such a CPU runs it, on whatever machine is at hand.
+the kernels an AVX2-only CPU uses - the quickstart's fp32 path as such a CPU takes it, on whatever machine is at
+hand. It samples that path; it does not replay another CPU's run (measured: the same seed's build already
+differed from the AVX2-only machine's; bench/RESULTS.md, "The quickstart held to AVX2").
 """
 
 from __future__ import annotations
@@ -99,7 +101,7 @@ def main() -> int:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="quickstart override")
     p.add_argument("--out", default="bench/results/quickstart_seeds.json")
     p.add_argument("--isa", choices=["native", *ISA_ENV], default="native",
-                   help="avx2: run as an AVX2-only CPU does (PyTorch, oneDNN and MKL held to AVX2; fp32 under auto)")
+                   help="avx2: the kernels an AVX2-only CPU uses (PyTorch, oneDNN and MKL held to AVX2; fp32 under auto)")
     a = p.parse_args()
     env = {**os.environ, **ISA_ENV.get(a.isa, {})}
     machine = cpu_summary() if a.isa == "native" else subprocess.run(
