@@ -47,10 +47,14 @@ def test_a_four_trial_tune_search_on_two_cpus_writes_results_and_a_ready_preset(
     assert len(trials) == 4 and all((t / "config.yaml").is_file() for t in trials)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports: every socket stays bound until all are picked, so the kernel cannot hand one
+    out twice (seen in CI: two one-at-a-time picks returned the same port, and `ray start` refused)."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +64,7 @@ def head():
     # ray 2.60 turns token auth on for clusters it starts; its CLIs do not always detect that by
     # themselves (seen: `ray job submit` refusing with "RAY_AUTH_MODE is currently 'disabled'")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    port, dash = _free_port(), _free_port()
+    port, dash = _free_ports(2)
     ray_cli = str(bin_dir / "ray")
     # its own temp dir marks this cluster's processes: the teardown stops them, not every Ray on the machine
     # (`ray stop` would also stop a user's own local Ray)
