@@ -100,6 +100,7 @@ def cmd_synth(args) -> int:
 
     cfg = _load(args, [f"synth.{k}={getattr(args, k)}" for k in ("items", "conversations", "scheme", "image_size", "motif_scale")
                        if getattr(args, k) is not None]
+                + ([f"synth.decisive=[{args.decisive}]"] if args.decisive is not None else [])
                 + ([f"synth.seed={args.synth_seed}"] if args.synth_seed is not None else []))
     manifest = generate(cfg.synth, args.out, make_retriever("sbert", cfg.retrieval), force=args.force)
     print(json.dumps(manifest) if args.json else
@@ -403,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, help="synth.image_size (default: the scheme's)")
     p.add_argument("--motif-scale", type=float, help="synth.motif_scale: gadgets only, the motif's size as a multiple of "
                                                      "the default (1.0)")
+    p.add_argument("--decisive", help="synth.decisive: gadgets only, the two attributes a request asks for, comma-separated, "
+                                      "of motif, build and colour (default: motif,build)")
     p.add_argument("--force", action="store_true", help="replace a previous synthetic dataset in --out")
     p.add_argument("--json", action="store_true", help="print the manifest as JSON")
     _config_args(p)

@@ -78,6 +78,9 @@ class SynthConfig(Strict):
                                                               "the quickstart's small model names the motif no better "
                                                               "than chance at 1.0-2.0x, even from all its image tokens "
                                                               "(bench/RESULTS.md, 'The gadgets motif, continued')")
+    decisive: list[str] | None = Field(None, description="gadgets only: the two attributes a request asks for, of motif, "
+                                                          "build and colour (None: motif and build); the third stays a "
+                                                          "visible, described distractor")
     jpeg_quality: int = Field(90, ge=50, le=100)
     split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
     #: Disjoint item pools: a split's ground truth and candidates come from its own pool,
@@ -93,6 +96,13 @@ class SynthConfig(Strict):
     def _motif_scale_needs_gadgets(self) -> "SynthConfig":
         if self.motif_scale != 1.0 and self.scheme != "gadgets":
             raise ValueError(f"synth.motif_scale applies to the gadgets scheme only (scheme is {self.scheme!r})")
+        if self.decisive is not None:
+            if self.scheme != "gadgets":
+                raise ValueError(f"synth.decisive applies to the gadgets scheme only (scheme is {self.scheme!r})")
+            known = ("motif", "build", "colour")
+            if len(self.decisive) != 2 or len(set(self.decisive)) != 2 or not set(self.decisive) <= set(known):
+                raise ValueError(f"synth.decisive must name two different attributes of {', '.join(known)}; "
+                                 f"got {self.decisive}")
         return self
 
 

@@ -9,6 +9,9 @@ the default ``products`` scheme, so a result on both is not a result on one rend
   (slim, standard, wide: its proportions);
 * a body colour drawn at random from a palette whose names the default scheme never uses - it is
   visible and described, but no conversation asks for it (a distractor, not a cue);
+* ``synth.decisive`` picks another pair of motif, build and colour to decide (e.g. build and colour,
+  which the quickstart's small vision tower resolves; it does not resolve the motif - bench/RESULTS.md);
+  the third stays a visible, described distractor;
 * 336x336 images by default (LLaVA-Next tiles them into fewer views than the default's 672).
 """
 
@@ -88,6 +91,10 @@ BUILD_TEXT = {
     "wide": ("wide, squat", "the wide, squat kind"),
 }
 BUILD_WORDS = {"slim": ("slim", "narrow"), "standard": ("standard",), "wide": ("wide", "squat")}
+COLOUR_WORDS = {c: (c,) for c in BODY_COLOURS}
+#: every attribute's values, and the words a description names each value by (``synth.decisive`` picks two)
+VALUES = {"motif": MOTIFS, "build": BUILDS, "colour": tuple(BODY_COLOURS)}
+VOCABULARY = {"motif": MOTIF_WORDS, "build": BUILD_WORDS, "colour": COLOUR_WORDS}
 
 ATTRIBUTE_WORDS = frozenset(list(BODY_COLOURS) + list(MOTIFS) + list(BUILDS) + [
     "lightning", "crescent", "narrow", "squat", "motif", "slimline", "broad", "plus"])
@@ -138,6 +145,39 @@ def conversation(category: str, attrs: dict[str, str], rng: random.Random) -> li
     sub = f"{opener} I'm after {ask}. {reason}".strip()
     return [Turn("submission", sub), Turn("comment", "Any particular look?"),
             Turn("comment", f"{build[0].upper() + build[1:]}, with a {motif} on it.")]
+
+
+# how a seeker names a value: after the object ("... a kettle with a star on the front"), as an answer
+# ("I'd like a star motif"), and the question that asks for it
+_WITH = {"motif": "with a {} on the front", "build": "that's {}", "colour": "in {}"}
+_REPLY = {"motif": "a {} motif", "build": "{}", "colour": "in {}"}
+_QUESTION = {"motif": "Anything printed on it?", "build": "What shape should it be?", "colour": "Any colour in mind?"}
+
+
+def _seeker_value(attr: str, value: str) -> str:
+    return BUILD_TEXT[value][1] if attr == "build" else value
+
+
+def conversation_asking(decisive: tuple[str, str], category: str, attrs: dict[str, str], rng: random.Random) -> list[Turn]:
+    """A request for the two ``decisive`` attributes (``synth.decisive``), in random order; the third is never named.
+
+    (The default pair, motif and build, keeps :func:`conversation`, so its catalogs stay as they were.)
+    """
+    ask = rng.choice(CATEGORY_TEXT[category]["asks"])
+    a, b = rng.sample(list(decisive), 2)
+    va, vb = _seeker_value(a, attrs[a]), _seeker_value(b, attrs[b])
+    reason, opener = rng.choice(_REASONS), rng.choice(_OPENERS)
+    style = rng.randrange(3)
+    if style == 0:
+        sub = f"{opener} I want {ask} {_WITH[a].format(va)}, {_WITH[b].format(vb)}. {reason}".strip()
+        return [Turn("submission", sub), Turn("comment", rng.choice(_FOLLOWUPS)),
+                Turn("comment", f"No preference there, just {_REPLY[a].format(va)}, and {_REPLY[b].format(vb)}.")]
+    if style == 1:
+        sub = f"{opener} Can anyone recommend {ask} {_WITH[a].format(va)}? {reason}".strip()
+        return [Turn("submission", sub), Turn("comment", _QUESTION[b]), Turn("comment", f"I'd like {_REPLY[b].format(vb)}.")]
+    reply = f"{_REPLY[a].format(va)}, and {_REPLY[b].format(vb)}."
+    sub = f"{opener} I'm after {ask}. {reason}".strip()
+    return [Turn("submission", sub), Turn("comment", "Any particular look?"), Turn("comment", reply[0].upper() + reply[1:])]
 
 
 def store(title_text: str) -> str:

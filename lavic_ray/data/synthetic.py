@@ -7,7 +7,8 @@ What makes it a fair test of a visually aware recommender:
   attributes, so no title says anything about them. Two schemes (``synth.scheme``):
   ``products`` (the default: mugs, t-shirts, vases, ...; decisive colour and pattern,
   a non-decisive emblem shape; 672 px) and ``gadgets`` (:mod:`lavic_ray.data.gadgets`:
-  other objects; decisive motif and build, a non-decisive body colour; 336 px).
+  other objects; decisive motif and build, a non-decisive body colour; 336 px; ``synth.decisive``
+  picks another pair of the three to decide).
 * Each conversation asks for a category with the decisive attributes. Its ground
   truth is every item of its split's pool with that category and those attributes,
   so no distractor is an equally valid answer.
@@ -32,7 +33,8 @@ import random
 import string
 import time
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from lavic_ray.artifacts import atomic_write_text, write_config, write_json
@@ -297,7 +299,15 @@ SCHEMES = {s.name: s for s in (PRODUCTS, GADGETS)}
 
 
 def scheme_of(cfg: SynthConfig) -> Scheme:
-    return SCHEMES[cfg.scheme]
+    """The scheme ``cfg`` names; with ``synth.decisive`` (gadgets), the one that asks for that pair."""
+    scheme = SCHEMES[cfg.scheme]
+    if cfg.decisive is None or tuple(cfg.decisive) == tuple(scheme.decisive):
+        return scheme
+    pair = tuple(cfg.decisive)
+    return replace(scheme, decisive={a: gadgets.VALUES[a] for a in pair},
+                   other={a: v for a, v in gadgets.VALUES.items() if a not in pair},
+                   vocabulary={a: gadgets.VOCABULARY[a] for a in pair},
+                   conversation=partial(gadgets.conversation_asking, pair))
 
 
 def describe(item: SynthItem, scheme: Scheme = PRODUCTS) -> str:

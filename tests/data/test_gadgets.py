@@ -24,6 +24,14 @@ def gadgets_root(tmp_path_factory, sbert):
     return root
 
 
+@pytest.fixture(scope="module")
+def build_colour_root(tmp_path_factory, sbert):
+    root = tmp_path_factory.mktemp("gadgets_bc")
+    generate(SynthConfig(seed=5, items=192, conversations=200, scheme="gadgets", decisive=["build", "colour"]), root,
+             retriever=sbert)
+    return root
+
+
 def _rows(root, split):
     return [json.loads(x) for x in (root / "synthetic" / f"{split}.jsonl").read_text().splitlines()]
 
@@ -80,9 +88,35 @@ def test_the_build_is_in_the_picture(gadgets_root):
     assert hits / n >= 0.8, hits / n
 
 
-@pytest.mark.parametrize("scheme", ["gadgets", "products"])
-def test_the_probe_vocabulary_reads_every_teacher_description_back(scheme, gadgets_root, synth_root):
-    root = gadgets_root if scheme == "gadgets" else synth_root
+def test_decisive_build_and_colour_asks_for_those_and_never_names_the_motif(build_colour_root):
+    m = json.loads((build_colour_root / MANIFEST_FILE).read_text())
+    assert m["decisive_attributes"] == ["build", "colour"] and set(m["vocabulary"]) == {"build", "colour"}
+    t = json.loads((build_colour_root / TRUTH_FILE).read_text())["items"]
+    motif_words = {w for ws in gadgets.MOTIF_WORDS.values() for w in ws}
+    for split in ("train", "valid", "test"):
+        rows = _rows(build_colour_root, split)
+        assert rows
+        for row in rows:
+            a = t[row["gt_items"][0]]
+            words = set(re.findall(r"[a-z]+", row["context"].lower()))
+            assert a["colour"] in words and gadgets.BUILD_WORDS[a["build"]][0] in words, row["context"]
+            assert not words & motif_words, row["context"]  # the motif is the distractor now
+            for c in row["candidates_st"]:  # no candidate outside the ground truth answers the request
+                assert c in row["gt_items"] or (t[c]["build"], t[c]["colour"]) != (a["build"], a["colour"]) \
+                    or t[c]["category"] != a["category"]
+
+
+def test_decisive_needs_gadgets_and_two_known_attributes():
+    with pytest.raises(ValueError, match="gadgets scheme only"):
+        SynthConfig(decisive=["build", "colour"])
+    for bad in (["build"], ["build", "build"], ["build", "finish"], ["motif", "build", "colour"]):
+        with pytest.raises(ValueError, match="two different attributes"):
+            SynthConfig(scheme="gadgets", decisive=bad)
+
+
+@pytest.mark.parametrize("scheme", ["gadgets", "gadgets-build-colour", "products"])
+def test_the_probe_vocabulary_reads_every_teacher_description_back(scheme, gadgets_root, build_colour_root, synth_root):
+    root = {"gadgets": gadgets_root, "gadgets-build-colour": build_colour_root, "products": synth_root}[scheme]
     ds = Dataset(root, "synthetic")
     vocab, truth = ds.attribute_vocabulary(), ds.attribute_truth()
     assert list(vocab) == json.loads(ds.manifest.read_text())["decisive_attributes"]
