@@ -3,8 +3,8 @@
 Descriptions are generated from the title and the 5 vectors alone; the probe
 checks whether each names the image's true value of every decisive attribute
 (a synthetic catalog's ``synth_truth.json``, and the words its manifest says name
-each value: colour and pattern in the default scheme, motif and build in
-``gadgets``). Run it before and after stage 1.
+each value: colour and pattern in the default scheme, the pair ``synth.decisive``
+names in ``gadgets``, motif and build by default). Run it before and after stage 1.
 
 A catalog without attribute truth is probed by its descriptions' words instead
 (:func:`distinctive_words`, :func:`word_readout`): which ones the model names from
