@@ -131,6 +131,22 @@ class Console:
             t.join(timeout=5)
 
 
+def worker_logging() -> None:
+    """Our INFO lines from a Ray task's process, on its stderr: Ray forwards that to the driver, whose
+    :func:`session` keeps it in the command's log file. A task's process starts with Python's default
+    (warnings only, no handler), so without this a step run as a Ray task - the small-model build, with its
+    epoch losses - would leave none of its lines in the log. Once per process (Ray reuses its workers)."""
+    pkg = logging.getLogger("lavic_ray")
+    if getattr(pkg, "_lavic_worker_handler", False):
+        return
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter(LOG_FORMAT))
+    pkg.addHandler(h)
+    pkg.setLevel(logging.INFO)
+    pkg.propagate = False  # a handler on the process's root logger (if any) would write each line twice
+    pkg._lavic_worker_handler = True
+
+
 _ACTIVE = Console(enabled=False)
 
 

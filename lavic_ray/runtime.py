@@ -69,6 +69,9 @@ def ray_released():
 
 
 def _threaded(fn, threads: int | None, args, kwargs):
+    from lavic_ray.console import worker_logging
+
+    worker_logging()
     if threads:
         import torch
 

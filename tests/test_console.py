@@ -59,3 +59,17 @@ def test_watch_follows_a_progress_file(tmp_path):
         t.join()
         time.sleep(0.2)
     assert "stage 2 lavic" in err.getvalue() and "3/3" in err.getvalue()
+
+
+def test_a_ray_task_process_writes_our_info_lines_to_its_stderr_once():
+    """The small-model build runs as a Ray task; its lines reach the command's log only through the task's
+    stderr (Ray forwards it to the driver). A fresh process stands in for the task's worker process."""
+    import subprocess
+    import sys
+
+    code = ("import logging; from lavic_ray.console import worker_logging; worker_logging(); worker_logging(); "
+            "logging.getLogger('lavic_ray.model.small').info('epoch %d/%d', 1, 2); "
+            "logging.getLogger('lavic_ray.model.small').debug('not this')")
+    err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
+    lines = [ln for ln in err.splitlines() if "lavic_ray.model.small" in ln]
+    assert len(lines) == 1 and lines[0].endswith("INFO lavic_ray.model.small: epoch 1/2")
