@@ -10,9 +10,9 @@ model|stage1|stage2`` holds every step before that one fixed - it copies them fr
 quickstart work directory - and reruns that step and the ones after it with only that step's seed changed
 (``small_model.seed``, ``stage1.seed`` or ``stage2.seed``): the variance that step alone brings.
 
-Per seed it records the wall time, the small model's build probe (attributes named from the full image
-tokens) when the build ran, the stage-1 probe before and after, each stage-2 variant's validation curve and
-verdict, and every method's test HR@1. Results go to ``--out`` (JSON) and a markdown table is printed.
+Per seed it records the wall time, the stage-1 probe before (the small model as its build left it: the build's
+probe) and after, each stage-2 variant's validation curve and verdict, and every method's test HR@1. Results go
+to ``--out`` (JSON) and a markdown table is printed.
 Each run is a subprocess with its own local Ray, like a user's.
 
 ``--isa avx2`` runs each subprocess (and the Ray workers it starts, which inherit its environment) with PyTorch,
@@ -82,10 +82,6 @@ def summarise(workdir: Path, results: dict, seconds: float) -> dict:
     if probe.is_file():
         p = json.loads(probe.read_text())
         out["probe"] = {k: {a: round(v[a], 3) for a in v if a.endswith("_accuracy")} for k, v in p.items()}
-    build = workdir / "models" / "small" / "lavic_small_model.json"
-    if build.is_file():
-        b = json.loads(build.read_text())
-        out["build_probe"] = b.get("probe")
     report = workdir / "report" / "results.json"
     if report.is_file():
         out["timings"] = json.loads(report.read_text()).get("timings")
