@@ -54,6 +54,7 @@ class Artifacts:
     ``models/<name>/``      offline checkpoints built here (``small``, ``tiny``)
     ``stage1/``             the vision adapter (``adapter/``), history, Ray Train checkpoints
     ``items/<which>.parquet`` item embedding tables (``distilled``, ``undistilled``)
+    ``retrieval/<kind>/``   the saved retrieval index over the catalog (``sbert``, ``bm25``) the Serve app loads
     ``stage2/<variant>/``   stage-2 runs (``lavic``, ``lavic-title-only``, ``lavic-no-distill``)
     ``eval/<name>/``        metrics.json, predictions.jsonl, config.yaml
     ``tune/<stage>/``       Ray Tune searches: trials, results table, best preset
@@ -84,6 +85,9 @@ class Artifacts:
     @property
     def stage1(self) -> Path:
         return self.root / "stage1"
+
+    def index(self, kind: str) -> Path:
+        return self.root / "retrieval" / kind
 
     def table(self, which: str) -> Path:
         return self.root / "items" / f"{which}.parquet"

@@ -161,9 +161,10 @@ def cmd_search(args) -> int:
 
 
 def _resolved(args):
-    from lavic_ray import workflow
+    from lavic_ray import preflight, workflow
 
     cfg = _load(args)
+    preflight.check(cfg, args.command)  # the checkpoint, the dataset and the storage, before any worker starts
     return workflow.resolve(cfg)
 
 
@@ -528,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from lavic_ray.errors import UserError
+    from lavic_ray.preflight import PreflightFailed
 
     args = build_parser().parse_args(argv)
     if not any(isinstance(h, logging.StreamHandler) for h in logging.getLogger().handlers):
@@ -535,6 +537,12 @@ def main(argv: list[str] | None = None) -> int:
                             stream=sys.stderr)
     try:
         return args.fn(args)
+    except PreflightFailed as e:
+        for line in e.problems:
+            print(f"lavic {args.command}: error: {line}", file=sys.stderr)
+        if getattr(args, "json", False):
+            print(json.dumps({"error": str(e), "problems": e.problems}))
+        return 2
     except UserError as e:
         print(f"lavic {args.command}: error: {e}", file=sys.stderr)
         if getattr(args, "json", False):  # a --json caller parses stdout: the error is there too

@@ -41,6 +41,15 @@ class Fractions(Strict):
         return self
 
 
+def actor_pool(actors: int):
+    """A Ray Data actor pool of up to ``actors`` actors that starts with the first one: Ray queues the others until
+    the cluster has room (the autoscaler adds nodes for them), so a pool never waits for a size the cluster does
+    not hold, and nothing sizes it from what the cluster holds now."""
+    import ray
+
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors))
+
+
 class ActorPool(Strict):
     """Where a model-loading step runs: a pool of Ray actors, each holding one copy of the model."""
 
@@ -54,11 +63,11 @@ class ActorPool(Strict):
 
     def resolved_device(self) -> str:
         """The torch device an actor of this pool uses (call it inside the actor)."""
-        if self.device != "auto":
-            return self.device
-        import torch
+        from lavic_ray.hardware import cuda_available, resolve_device
 
-        return "cuda" if self.gpus_per_actor > 0 and torch.cuda.is_available() else "cpu"
+        if self.device != "auto":
+            return resolve_device(self.device)
+        return "cuda" if self.gpus_per_actor > 0 and cuda_available() else "cpu"
 
 
 class SynthConfig(Strict):
@@ -456,6 +465,8 @@ class JobConfig(Strict):
                               "under which a run that can never start waits forever")
     variants: list[VariantName] = Field(list(VARIANTS), min_length=1, description="the pipeline job and the quickstart: "
                                         "the stage-2 variants they train and evaluate")
+    concurrent_runs: int = Field(1, ge=1, description="stage-2 variant runs trained at once (Ray queues their workers "
+                                                      "and the autoscaler adds nodes; the cluster is never measured)")
 
 
 class PlacementConfig(Strict):
@@ -489,7 +500,8 @@ class TuneConfig(Strict):
     metric: str = Field("valid_hr@1", description="reported metric to optimise (stage 1: valid_ppl)")
     mode: Literal["max", "min"] = "max"
     num_samples: int = Field(4, ge=1)
-    max_concurrent_trials: int = Field(2, ge=1)
+    max_concurrent_trials: int = Field(2, ge=1, description="trials at once: Ray queues their workers and the autoscaler "
+                                                           "adds nodes (each trial driver holds cpus_per_trial while it waits)")
     #: dotted config key -> distribution: {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}
     space: dict[str, dict[str, list]] = {"stage2.lr": {"loguniform": [1e-4, 3e-3]}, "stage2.lora.r": {"choice": [8, 16]}}
     #: ASHA: trials are compared at these report steps and the worst stopped early
@@ -546,6 +558,14 @@ class DescribeConfig(ActorPool):
     limit: int | None = Field(None, ge=1, description="describe at most this many images (benchmarks, trials)")
 
 
+class DownloadConfig(Strict):
+    """``jobs/download.py``: a hub checkpoint into the folder ``model.checkpoint`` names (the models volume)."""
+
+    repo_id: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description="the hub repository to download")
+    revision: str = Field("main", description="a commit SHA (pinned), or a branch or tag resolved to its commit when "
+                                              "the download starts (recorded beside the weights)")
+
+
 class LavicConfig(Strict):
     """The whole system's configuration."""
 
@@ -568,6 +588,7 @@ class LavicConfig(Strict):
     embed: EmbedConfig = EmbedConfig()
     prompts: PromptsConfig = PromptsConfig()
     placement: PlacementConfig = PlacementConfig()
+    download: DownloadConfig = DownloadConfig()
 
     @model_validator(mode="after")
     def _one_seed(self) -> "LavicConfig":

@@ -89,6 +89,19 @@ def pipeline(cfg: LavicConfig) -> dict:
     return run_quickstart(cfg, console=console.get())
 
 
+def index(cfg: LavicConfig) -> dict:
+    """The retrieval index over the catalog that the Serve configs load (retrieval/sbert under storage_root)."""
+    cfg, art = workflow.resolve(cfg)
+    return workflow.index(cfg, art)
+
+
+def download(cfg: LavicConfig) -> dict:
+    """A hub checkpoint (download.repo_id at download.revision) into the folder model.checkpoint names, once."""
+    from lavic_ray.download import download as run
+
+    return run(cfg)
+
+
 def tune(cfg: LavicConfig) -> dict:
     """A Ray Tune search over stage 1 or stage 2 (tune.*), each trial a Ray Train run; writes the best preset."""
     from lavic_ray.tune import run_tune
@@ -98,8 +111,8 @@ def tune(cfg: LavicConfig) -> dict:
 
 
 JOBS: dict[str, Callable[[LavicConfig], dict]] = {
-    "preprocess": preprocess, "describe": describe, "distill": distill, "embed": embed, "recommend": recommend,
-    "evaluate": evaluate, "pipeline": pipeline, "tune": tune,
+    "download": download, "preprocess": preprocess, "describe": describe, "distill": distill, "embed": embed,
+    "recommend": recommend, "evaluate": evaluate, "index": index, "pipeline": pipeline, "tune": tune,
 }
 
 
@@ -117,21 +130,29 @@ def parser(job: str) -> argparse.ArgumentParser:
 
 def main(job: str, argv: list[str] | None = None) -> int:
     """Run job ``job``; the last line printed is its result as JSON. Exit 2 on a bad config or input."""
-    from lavic_ray import console
+    from lavic_ray import console, preflight
     from lavic_ray.errors import UserError
+    from lavic_ray.hardware import mark_driver
     from lavic_ray.runtime import ensure_ray, ray_released
 
     args = parser(job).parse_args(argv)
     try:
         cfg = load_config(args.config or None, [*args.sets, *args.overrides])
-        if job != "pipeline":  # missing inputs fail here, before a cluster is joined
+        # missing or unusable inputs fail here, on the driver, before any worker is asked of the cluster
+        preflight.check(cfg, job)
+        if job not in ("pipeline", "download"):
             workflow.resolve(cfg)
+        mark_driver()
         log_file = Path(cfg.storage_root) / "logs" / f"job-{job}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         with console.session(log_file, verbose=args.verbose) as con, ray_released():
             with con.step(f"jobs/{job}.py: {(JOBS[job].__doc__ or '').strip().splitlines()[0]}"):
                 ensure_ray(args.address)
                 result = JOBS[job](cfg)
             print(json.dumps(result, default=str), file=con.out, flush=True)
+    except preflight.PreflightFailed as e:
+        for line in e.problems:
+            print(f"jobs/{job}.py: error: {line}", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"jobs/{job}.py: error: {e}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from lavic_ray.artifacts import Artifacts, atomic_write_text
 from lavic_ray.config import ConfigError, LavicConfig, config_to_yaml, set_dotted
-from lavic_ray.errors import InputMissing, InvalidInput, UserError
+from lavic_ray.errors import InputMissing, UserError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,6 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
         table = str(table_path) if table_path else None
         if table_path is not None and not table_path.is_file():
             raise InputMissing(f"stage 2 reads {table_path}, which is missing (run jobs/embed.py first)")
-    concurrent = _concurrency(t, stage_cfg)
     max_t = stage_cfg.max_steps or stage_cfg.step_budget or 10**9
     out = art.tune(t.stage)
     trials_dir = (out / "trials").resolve()
@@ -116,7 +115,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
         tune.with_resources(trainable, {"cpu": t.cpus_per_trial, **cfg.placement.cpu_resources()}),
         param_space=space,
         tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=concurrent,
+            metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
             scheduler=ASHAScheduler(time_attr="step", max_t=max_t, grace_period=t.grace_period, reduction_factor=t.reduction_factor),
         ),
         run_config=tune.RunConfig(name="search", storage_path=str(out.resolve())),
@@ -154,26 +153,6 @@ def _require_state_api() -> None:
         raise UserError("Ray Tune over Ray Train needs the Ray dashboard's state API (it frees stopped trials' "
                            "resources): start Ray with its dashboard (ray start --head, or ray.init(include_dashboard=True))"
                            ) from e
-
-
-def _concurrency(t, stage_cfg) -> int:
-    """Trials that can run at once without deadlock.
-
-    Tune starts a trial's driver as soon as its own (small) share fits, whatever its Ray
-    Train workers will need; drivers holding CPUs their workers then cannot get would wait
-    forever. So no more trials run at once than the cluster can give *all* their workers.
-    """
-    import ray
-
-    free = ray.cluster_resources()
-    key, workers = stage_cfg.run_resources()
-    need = workers + (t.cpus_per_trial if key == "CPU" else 0.0)
-    fit = int(free.get(key, 0.0) // need) if need else t.max_concurrent_trials
-    if fit < 1:
-        raise InvalidInput(f"one trial needs {need:g} {key} ({stage_cfg.num_workers} workers); the cluster has {free.get(key, 0):g}")
-    if fit < t.max_concurrent_trials:
-        log.info("tune: %d trials at once (each needs %g %s of %g)", fit, need, key, free.get(key, 0.0))
-    return min(fit, t.max_concurrent_trials)
 
 
 def _write_results(out: Path, rows: list[dict], keys: list[str], metric: str) -> None:

@@ -143,6 +143,36 @@ def describe(cfg: LavicConfig, art: Artifacts, out: Path | None = None, use_ray:
     return run_describe(cfg, cfg.dataset.root, Path(out or art.descriptions), use_ray=use_ray)
 
 
+def _build_index(cfg: LavicConfig, out: Path) -> dict:
+    from lavic_ray.data.layout import Catalog
+    from lavic_ray.retrieval import make_retriever
+
+    catalog = Catalog.load(cfg.dataset.root, cfg.dataset.images_dir)
+    make_retriever(INDEX_KIND, cfg.retrieval).index_items(list(catalog), cfg.retrieval.item_text).save(out)
+    return {"index": str(out), "retriever": INDEX_KIND, "items": len(catalog)}
+
+
+#: the retriever the Serve configs load from ``retrieval/<kind>`` (the paper's candidates come from SBERT)
+INDEX_KIND = "sbert"
+
+
+def index(cfg: LavicConfig, art: Artifacts) -> dict:
+    """The retrieval index over the catalog that the Serve app loads (``retrieval/sbert``), built on a CPU worker
+    (``placement.cpu_resource``); skipped when one built from the same catalog and retrieval settings is there."""
+    from lavic_ray.retrieval.base import INDEX_META
+    from lavic_ray.runtime import remote_call
+
+    out = art.index(INDEX_KIND)
+    built_with = config_to_yaml(cfg.retrieval) + f"dataset_root: {cfg.dataset.root}\n"
+    stamp = out / "built_with.yaml"
+    if (out / INDEX_META).is_file() and stamp.is_file() and stamp.read_text() == built_with:
+        log.info("reusing the %s index in %s", INDEX_KIND, out)
+        return {"index": str(out), "retriever": INDEX_KIND, "reused": True}
+    result = remote_call(_build_index, cfg, out, num_cpus=1, resources=cfg.placement.cpu_resources())
+    stamp.write_text(built_with)
+    return result
+
+
 def run_stage(stage: str, cfg: LavicConfig, out: Path, table: Path | None = None, use_ray: bool = True):
     """Train a stage into ``out`` on Ray Train (or in this process); returns its final metrics.
     The console follows the run's ``progress.json`` (written by its rank 0, wherever that runs)."""
@@ -192,8 +222,11 @@ def variant(cfg: LavicConfig, art: Artifacts, name: str) -> tuple[LavicConfig, P
 
 def stage2(cfg: LavicConfig, art: Artifacts, name: str, out: Path | None = None, table: Path | None = None,
            use_ray: bool = True) -> LavicRun:
-    """Stage 2 of a variant (skipped when done); ``table`` overrides the variant's item embedding table."""
+    """Stage 2 of a variant (skipped when done); ``table`` overrides the variant's item embedding table, which is
+    made first when missing (from stage 1's adapter, or the vision side before it)."""
     vcfg, default_table = variant(cfg, art, name)
+    if table is None and default_table is not None and not default_table.is_file() and not stage_done(Path(out or art.stage2(name))):
+        embed(cfg, art, VARIANTS[name].table)
     table = Path(table) if table is not None else default_table
     if not vcfg.stage2.use_images:
         table = None
@@ -259,45 +292,31 @@ def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], 
         (d / ATTEMPTS_FILE).write_text(json.dumps(rows, indent=1))
 
 
-def concurrent_runs(stage_cfg, total: dict[str, float]) -> int:
-    """How many Ray Train runs of a stage fit on a cluster at once (``total``: ``ray.cluster_resources()``)."""
-    key, need = stage_cfg.run_resources()
-    return max(1, int(total.get(key, 0.0) / need + 1e-9))
-
-
 def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), timed: Timed = _call) -> dict[str, LavicRun]:
-    """Stage 2 of several variants, as many at once as the cluster holds (one Ray Train run each).
+    """Stage 2 of several variants, ``job.concurrent_runs`` at a time (one Ray Train run each).
 
-    The variants are independent runs. When one run takes a fraction of the cluster
-    (``stage2.cpus_per_worker`` x ``num_workers``, or a GPU per worker), they train in waves
-    of as many as fit, the variants with item vectors (the longer prompts) first; a last,
-    smaller wave gets the idle CPUs shared out (more torch threads each), so no core idles.
-    On the 2-core default: two single-threaded runs side by side do 1.34x the work of one
-    two-threaded run (``bench/cpu_lanes.py``), then the title-only run takes both cores.
-    The settings that shape learning (micro-batch, steps, learning rate) are the same in
-    any wave. Each run keeps its own checkpoints, so an interrupted set resumes run by run;
-    every run of a wave finishes before the first error (if any) is raised.
+    The variants are independent runs. They train in waves of ``job.concurrent_runs``, the variants with item
+    vectors (the longer prompts) first; how many fit is the cluster's business: Ray queues a run's workers until
+    the autoscaler has added the nodes they ask for, so this never reads what the cluster holds (a GPU group may
+    be at zero when the job starts). With ``stage2.elastic_threads`` (CPU runs on one machine) a last, smaller wave
+    gets the idle CPUs shared out (more torch threads each), so no core idles: on the 2-core default two
+    single-threaded runs side by side do 1.34x the work of one two-threaded run (bench/cpu_lanes.py), then the
+    title-only run takes both cores. The settings that shape learning (micro-batch, steps, learning rate) are the
+    same in any wave. Each run keeps its own checkpoints, so an interrupted set resumes run by run; every run of a
+    wave finishes before the first error (if any) is raised.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    import ray
-
     todo = [n for n in names if not stage_done(art.stage2(n))]
     runs = {n: stage2(cfg, art, n) for n in names if n not in todo}
-    total = ray.cluster_resources() if ray.is_initialized() else {}
-    lanes = min(len(todo), concurrent_runs(cfg.stage2, total)) if todo and total else 1
+    lanes = max(1, min(len(todo), cfg.job.concurrent_runs))
     if lanes > 1:
         todo.sort(key=lambda n: not VARIANTS[n].use_images)  # the longer runs (with vectors) in the first wave
     waves = [todo[i: i + lanes] for i in range(0, len(todo), lanes)]
     if lanes > 1:
         log.info("stage 2: %d variants, %d at a time: %s", len(todo), lanes, " then ".join(" + ".join(w) for w in waves))
     for wave in waves:
-        wcfg = cfg
-        if len(wave) < lanes and not cfg.stage2.use_gpu:  # a short last wave: share the idle CPUs out
-            share = int(total.get("CPU", 0.0) / (len(wave) * cfg.stage2.num_workers))
-            if share > cfg.stage2.cpus_per_worker:
-                wcfg = cfg.model_copy(update={"stage2": cfg.stage2.model_copy(update={"cpus_per_worker": float(share)})})
-                log.info("stage 2: %s on %d CPUs per worker", " + ".join(wave), share)
+        wcfg = _shared_out(cfg, wave, lanes)
         if len(wave) == 1:  # in this thread: Ray Train's Ctrl-C handler only installs in the main thread
             runs[wave[0]] = timed(f"stage 2 ({wave[0]})", stage2, wcfg, art, wave[0])
             continue
@@ -313,6 +332,20 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
         if errors:
             raise RuntimeError(f"stage 2 failed for {sorted(errors)}; the wave's other runs finished and are kept") from next(iter(errors.values()))
     return {n: runs[n] for n in names}
+
+
+def _shared_out(cfg: LavicConfig, wave: list[str], lanes: int) -> LavicConfig:
+    """``stage2.elastic_threads`` on one machine: a wave smaller than the others gets the machine's idle CPUs."""
+    import ray
+
+    s = cfg.stage2
+    if len(wave) >= lanes or s.use_gpu or not s.elastic_threads or not ray.is_initialized():
+        return cfg
+    share = int(ray.cluster_resources().get("CPU", 0.0) / (len(wave) * s.num_workers))
+    if share <= s.cpus_per_worker:
+        return cfg
+    log.info("stage 2: %s on %d CPUs per worker", " + ".join(wave), share)
+    return cfg.model_copy(update={"stage2": s.model_copy(update={"cpus_per_worker": float(share)})})
 
 
 def trained_runs(art: Artifacts) -> dict[str, LavicRun]:

@@ -41,7 +41,7 @@ def test_every_job_has_an_entry_point_and_small_and_7b_presets():
     for job in JOBS:
         script = REPO / "jobs" / f"{job}.py"
         assert script.is_file() and f'main("{job}")' in script.read_text()
-        for size in ("small", "7b"):
+        for size in ("small", "7b") if job != "download" else ("7b",):  # the small model is built, not downloaded
             preset = CONFIGS / f"{job}_{size}.yaml"
             header = preset.read_text().splitlines()[:5]
             cmd = next(line for line in header if "ray job submit" in line)
@@ -51,7 +51,8 @@ def test_every_job_has_an_entry_point_and_small_and_7b_presets():
 
 def test_7b_presets_are_the_papers_model_on_gpus():
     cfg = load_config(CONFIGS / "pipeline_7b.yaml")
-    assert cfg.model.checkpoint == "llava-hf/llava-v1.6-mistral-7b-hf" and cfg.model.dtype == "bfloat16"
+    assert cfg.model.checkpoint == "/mnt/models/llava-v1.6-mistral-7b-hf" and cfg.model.dtype == "bfloat16"
+    assert load_config(CONFIGS / "download_7b.yaml").download.repo_id == "llava-hf/llava-v1.6-mistral-7b-hf"
     for stage in (cfg.stage1, cfg.stage2):
         assert stage.use_gpu and stage.engine.kind == "deepspeed" and stage.engine.precision == "bf16"
         assert stage.engine.gradient_checkpointing
@@ -65,7 +66,7 @@ def test_kuberay_raycluster_has_a_workless_head_cpu_workers_and_autoscaling_sing
     spec = rc["spec"]
     assert spec["enableInTreeAutoscaling"] is True
     assert spec["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
-    cpu, gpu = spec["workerGroupSpecs"]
+    cpu, gpu, _ = spec["workerGroupSpecs"]
     assert gpu["minReplicas"] == 0 < gpu["maxReplicas"]
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert limits["nvidia.com/gpu"] == "1"
@@ -80,14 +81,57 @@ def _check_cpu_group(group: dict) -> None:
     assert json.loads(json.loads(group["rayStartParams"]["resources"])) == {marker: 1000}
 
 
-@pytest.mark.parametrize("job", ["distill", "recommend", "pipeline"])
+RAYJOBS = sorted(p.stem.removeprefix("rayjob-") for p in (CLUSTER / "kuberay").glob("rayjob-*.yaml"))
+IMAGE_ROOT = "/opt/lavic-ray"  # the repository's place in the image (cluster/Dockerfile WORKDIR)
+
+
+def test_the_rayjobs_are_the_users_path():
+    assert set(RAYJOBS) == {"download", "distill", "recommend", "index", "pipeline", "tune"}
+    assert f"WORKDIR {IMAGE_ROOT}" in (CLUSTER / "Dockerfile").read_text()
+
+
+@pytest.mark.parametrize("job", RAYJOBS)
 def test_kuberay_rayjobs_run_existing_entry_points_on_the_cluster(job):
     rj = _load(CLUSTER / "kuberay" / f"rayjob-{job}.yaml")
     assert rj["kind"] == "RayJob" and rj["spec"]["clusterSelector"]["ray.io/cluster"] == "lavic"
     assert _load(CLUSTER / "kuberay" / "raycluster.yaml")["metadata"]["name"] == "lavic"
-    _check_job_command(rj["spec"]["entrypoint"])
-    assert f"jobs/{job}.py" in rj["spec"]["entrypoint"]
-    yaml.safe_load(rj["spec"]["runtimeEnvYAML"])
+    # HTTPMode: the operator posts the entrypoint and runtime env to the Jobs API; nothing uploads a working_dir,
+    # so the entrypoint names the image's files by absolute path
+    assert rj["spec"]["submissionMode"] == "HTTPMode"
+    env = yaml.safe_load(rj["spec"]["runtimeEnvYAML"])
+    assert "working_dir" not in env
+    entry = rj["spec"]["entrypoint"]
+    assert entry.startswith(f"python {IMAGE_ROOT}/jobs/{job}.py --config {IMAGE_ROOT}/jobs/configs/")
+    _check_job_command(entry.replace(IMAGE_ROOT + "/", ""))
+    preset = load_config(REPO / entry.split("--config ")[1].split()[0].replace(IMAGE_ROOT + "/", ""))
+    offline = env.get("env_vars", {}).get("HF_HUB_OFFLINE", "1") == "1"  # the image sets it (cluster/Dockerfile)
+    if offline:  # the checkpoint is a folder on the models volume every pod mounts, never a hub id
+        assert preset.model.checkpoint.startswith("/mnt/models/"), preset.model.checkpoint
+    else:
+        assert job == "download"
+
+
+def _mounts(group: dict) -> set[str]:
+    return {m["mountPath"] for c in group["template"]["spec"]["containers"] for m in c.get("volumeMounts", [])}
+
+
+def _groups(spec: dict) -> list[dict]:
+    return [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+
+
+def _cluster_specs() -> dict[str, dict]:
+    return {"raycluster": _load(CLUSTER / "kuberay" / "raycluster.yaml")["spec"],
+            "rayservice": _load(CLUSTER / "kuberay" / "rayservice.yaml")["spec"]["rayClusterConfig"]}
+
+
+@pytest.mark.parametrize("name", ["raycluster", "rayservice"])
+def test_every_pod_mounts_the_weights_and_shares_one_hub_cache(name):
+    """Row 1 of issue 45: the 7B presets read the weights from the models volume, and a hub download (if any) goes
+    to one cache on it - never one per autoscaled pod."""
+    for g in _groups(_cluster_specs()[name]):
+        assert {"/mnt/lavic", "/mnt/models"} <= _mounts(g), g.get("groupName", "head")
+        env = {e["name"]: e.get("value") for c in g["template"]["spec"]["containers"] for e in c.get("env", [])}
+        assert env.get("HF_HOME", "").startswith("/mnt/models/"), g.get("groupName", "head")
 
 
 def test_rayservice_runs_the_production_serve_config_and_its_import_path_resolves():
@@ -224,13 +268,16 @@ def test_multi_gpu_training_is_kept_on_one_node():
     assert cfg.stage1.placement == cfg.stage2.placement == "STRICT_PACK"
 
 
-def test_the_service_requires_a_token_from_a_secret_where_its_ingress_runs():
-    rs = _load(CLUSTER / "kuberay" / "rayservice.yaml")
-    app = yaml.safe_load(rs["spec"]["serveConfigV2"])["applications"][0]
+@pytest.mark.parametrize("name", ["raycluster", "rayservice"])
+def test_the_ingress_token_comes_from_a_secret_where_the_ingress_runs(name):
+    """Row 5 of issue 45: `serve deploy serve_configs/production.yaml` on the RayCluster, or the RayService: the
+    ingress replicas (on the group advertising their custom resource) read the bearer token from a Secret."""
+    app = _load(REPO / "serve_configs" / "production.yaml")["applications"][0]
     var = app["args"]["auth_token_env"]
     ingress = next(d for d in app["deployments"] if d["name"] == "LavicIngress")
     marker = next(iter(ingress["ray_actor_options"]["resources"]))  # the ingress lands on the group advertising it
-    groups = [g for g in rs["spec"]["rayClusterConfig"]["workerGroupSpecs"] if marker in g["rayStartParams"].get("resources", "")]
+    spec = _cluster_specs()[name]
+    groups = [g for g in spec["workerGroupSpecs"] if marker in g["rayStartParams"].get("resources", "")]
     assert groups
     for g in groups:
         env = {e["name"]: e for c in g["template"]["spec"]["containers"] for e in c.get("env", [])}
@@ -238,12 +285,125 @@ def test_the_service_requires_a_token_from_a_secret_where_its_ingress_runs():
     assert var not in app["runtime_env"].get("env_vars", {})  # never written into the config itself
 
 
-def test_the_head_admits_ray_pods_and_the_operator_and_serves_8000_to_all():
-    np = _load(CLUSTER / "kuberay" / "networkpolicy.yaml")
-    assert np["kind"] == "NetworkPolicy" and np["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
-    assert np["spec"]["policyTypes"] == ["Ingress"]
-    open_ports = {p["port"] for r in np["spec"]["ingress"] if "from" not in r for p in r.get("ports", [])}
-    assert open_ports == {8000}  # the dashboard (8265) and GCS (6379) only from the selected peers
-    for r in np["spec"]["ingress"]:
-        if "from" in r:
-            assert r["from"] and all(("podSelector" in f) or ("namespaceSelector" in f) for f in r["from"])
+def test_every_path_the_production_app_loads_is_written_by_a_shipped_job():
+    """Row 2 of issue 45: the Serve config names the stage-2 run, its table, the index and the catalog where the
+    7B jobs write them under storage_root."""
+    from lavic_ray.artifacts import Artifacts
+    from lavic_ray.workflow import INDEX_KIND
+
+    args = _load(REPO / "serve_configs" / "production.yaml")["applications"][0]["args"]
+    cfg = load_config(CONFIGS / "index_7b.yaml")
+    art = Artifacts(cfg.storage_root)
+    assert args["index"] == str(art.index(INDEX_KIND)) and "index" in RAYJOBS
+    assert args["stage2_dir"] == str(art.stage2("lavic")) and args["table"] == str(art.table("distilled"))
+    assert args["catalog"] == cfg.dataset.root and args["checkpoint"] == cfg.model.checkpoint
+
+
+#: the labels a node pool's template carries while the pool is at zero (the cluster autoscaler matches pods on
+#: them before a node exists); nvidia.com/gpu.product is added by a daemon after a node boots, so it is not one
+ZERO_NODE_LABELS = {"cloud.google.com/gke-accelerator", "cloud.google.com/gke-nodepool", "node.kubernetes.io/instance-type",
+                    "eks.amazonaws.com/nodegroup", "karpenter.sh/nodepool", "topology.kubernetes.io/zone"}
+
+
+@pytest.mark.parametrize("name", ["raycluster", "rayservice"])
+def test_gpu_groups_scale_from_zero_on_gke_and_eks(name):
+    """Row 9 of issue 45: GPU groups select on labels node pools carry at zero, tolerate the GPU taint, and a
+    multi-GPU group exists for data-parallel training (STRICT_PACK keeps a run on one node)."""
+    gpu_counts = []
+    for g in _cluster_specs()[name]["workerGroupSpecs"]:
+        limits = g["template"]["spec"]["containers"][0]["resources"]["limits"]
+        if "nvidia.com/gpu" not in limits:
+            continue
+        pod = g["template"]["spec"]
+        assert g["minReplicas"] == 0, g["groupName"]
+        assert set(pod.get("nodeSelector", {})) <= ZERO_NODE_LABELS, pod.get("nodeSelector")
+        assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod.get("tolerations", [])
+        gpu_counts.append(int(limits["nvidia.com/gpu"]))
+    assert gpu_counts and min(gpu_counts) == 1
+    if name == "raycluster":
+        assert max(gpu_counts) == 8
+
+
+def test_cluster_and_service_use_ray_token_auth():
+    for name, spec in _cluster_specs().items():
+        assert spec["authOptions"]["mode"] == "token", name
+        assert spec["rayVersion"] >= "2.52"  # the first Ray with token auth
+
+
+def test_the_service_upgrades_without_downtime_and_survives_a_head_restart():
+    """Row 10 of issue 45."""
+    rs = _load(CLUSTER / "kuberay" / "rayservice.yaml")["spec"]
+    assert rs["upgradeStrategy"]["type"] == "NewCluster"
+    assert rs["excludeHeadPodFromServeSvc"] is True
+    ft = rs["rayClusterConfig"]["gcsFaultToleranceOptions"]
+    redis = {d["kind"]: d for d in yaml.safe_load_all((CLUSTER / "kuberay" / "redis.yaml").read_text())}
+    host, port = ft["redisAddress"].split(":")
+    assert redis["Service"]["metadata"]["name"] == host and redis["Service"]["spec"]["ports"][0]["port"] == int(port)
+    secret = ft["redisPassword"]["valueFrom"]["secretKeyRef"]
+    env = redis["Deployment"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert {"name": "REDIS_PASSWORD", "valueFrom": {"secretKeyRef": secret}} in env
+
+
+@pytest.mark.parametrize("preset", sorted(p.name for p in CONFIGS.glob("*7b*.yaml")))
+def test_every_model_step_of_every_7b_preset_runs_on_a_gpu(preset):
+    """Row 4 of issue 45: describe included, paper_7b included."""
+    cfg = load_config(CONFIGS / preset)
+    assert cfg.stage1.use_gpu and cfg.stage2.use_gpu
+    for pool in (cfg.describe, cfg.embed, cfg.eval.resources):
+        assert pool.gpus_per_actor >= 1 and pool.device in ("auto", "cuda"), preset
+
+
+# ---------------------------------------------------------------------------- the NetworkPolicy, evaluated
+
+def _labels_match(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+def _admits(policy: dict, pod_ns: str, pod_labels: dict, policy_ns: str, port: int) -> bool:
+    """Whether a NetworkPolicy (Kubernetes semantics: rules OR'ed; in a peer, namespaceSelector AND podSelector;
+    a peer with only podSelector is the policy's own namespace) lets a pod reach a selected pod on ``port``."""
+    ns_labels = {"kubernetes.io/metadata.name": pod_ns}  # set by the API server on every namespace
+    for rule in policy["spec"]["ingress"]:
+        if rule.get("ports") and port not in {p["port"] for p in rule["ports"]}:
+            continue
+        if "from" not in rule:
+            return True
+        for peer in rule["from"]:
+            ns_ok = _labels_match(peer["namespaceSelector"], ns_labels) if "namespaceSelector" in peer else pod_ns == policy_ns
+            pod_ok = _labels_match(peer["podSelector"], pod_labels) if "podSelector" in peer else True
+            if ns_ok and pod_ok:
+                return True
+    return False
+
+
+#: the labels KubeRay (v1.7) puts on each pod kind
+KUBERAY_PODS = {
+    "ray worker": {"ray.io/is-ray-node": "yes", "ray.io/node-type": "worker", "ray.io/cluster": "lavic"},
+    "rayjob submitter (K8sJobMode)": {"ray.io/originated-from-crd": "RayJob", "ray.io/originated-from-cr-name": "lavic-distill",
+                                      "batch.kubernetes.io/job-name": "lavic-distill"},
+    "kuberay operator": {"app.kubernetes.io/name": "kuberay-operator", "app.kubernetes.io/component": "kuberay-operator"},
+    "someone else": {"app": "web"},
+}
+
+
+@pytest.mark.parametrize("operator_ns", ["default", "kuberay-operator", "kuberay-system"])
+def test_the_network_policy_admits_exactly_ray_pods_the_operator_and_submitters(operator_ns):
+    """Row 8 of issue 45, the policy evaluated against the labels KubeRay puts on each pod kind, with the
+    operator's namespace filled in as the README's command does (envsubst)."""
+    import os
+    import string
+
+    text = (CLUSTER / "kuberay" / "networkpolicy.yaml").read_text()
+    assert "${KUBERAY_OPERATOR_NAMESPACE}" in text
+    policy = yaml.safe_load(string.Template(text).substitute({**os.environ, "KUBERAY_OPERATOR_NAMESPACE": operator_ns}))
+    assert policy["spec"]["podSelector"]["matchLabels"] == {"ray.io/node-type": "head"}
+    ns = "ml"  # where the user applies the Ray cluster and the policy
+    can = lambda who, where, port: _admits(policy, where, KUBERAY_PODS[who], ns, port)  # noqa: E731
+    for port in (6379, 8265):
+        assert can("ray worker", ns, port)
+    assert can("rayjob submitter (K8sJobMode)", ns, 8265)
+    assert can("kuberay operator", operator_ns, 8265)
+    assert not can("kuberay operator", "elsewhere" if operator_ns != "elsewhere" else "x", 8265)
+    assert not can("someone else", ns, 8265) and not can("someone else", operator_ns, 6379)
+    assert not can("kuberay operator", operator_ns, 6379)
+    assert can("someone else", "anywhere", 8000)  # Serve's port: behind the bearer token

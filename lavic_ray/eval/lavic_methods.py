@@ -20,7 +20,7 @@ import json
 import logging
 
 from lavic_ray import console
-from lavic_ray.config import ActorPool, LavicRun
+from lavic_ray.config import ActorPool, LavicRun, actor_pool
 from lavic_ray.errors import InvalidInput
 from lavic_ray.eval.methods import Method, ScoringMethod
 from lavic_ray.variants import VARIANTS
@@ -59,17 +59,6 @@ class RunActor:
         return {"i": list(batch["i"]), "out": out}
 
 
-def pool_size(pool: ActorPool, cluster: dict[str, float]) -> int:
-    """``pool.actors``, or as many as the cluster's CPUs (GPUs) hold, if fewer: a pool bigger than the cluster waits forever."""
-    fits = [cluster.get("CPU", 0.0) / pool.cpus_per_actor] + ([cluster.get("GPU", 0.0) / pool.gpus_per_actor]
-                                                             if pool.gpus_per_actor else [])
-    size = max(1, min(pool.actors, int(min(fits))))
-    if size < pool.actors:
-        log.warning("eval.resources.actors is %d, but the cluster (%s) holds %d: using %d", pool.actors,
-                    ", ".join(f"{k} {cluster.get(k, 0):g}" for k in ("CPU", "GPU")), size, size)
-    return size
-
-
 def run_requests(run: LavicRun, requests: list[tuple[str, list[tuple[str, str]]]], pool: ActorPool, label: str,
                  mode: str = "score", max_new_tokens: int = 16) -> list:
     """Every request through a trained run: on a Ray Data actor pool when Ray is up, else in this process."""
@@ -78,12 +67,11 @@ def run_requests(run: LavicRun, requests: list[tuple[str, list[tuple[str, str]]]
     out: list = [None] * len(requests)
     with console.get().progress(len(requests), label, "conversation") as bar:
         if ray.is_initialized():
-            actors = pool_size(pool, ray.cluster_resources())
             rows = [{"i": i, "context": c, "candidates": json.dumps(cands)} for i, (c, cands) in enumerate(requests)]
             ds = ray.data.from_items(rows).map_batches(
                 RunActor, fn_constructor_kwargs={"stage2_dir": run.stage2_dir, "table": run.table, "pool": pool.model_dump(),
                                                  "mode": mode, "max_new_tokens": max_new_tokens},
-                batch_size=pool.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
+                batch_size=pool.batch_size, batch_format="numpy", compute=actor_pool(pool.actors),
                 num_cpus=pool.cpus_per_actor, num_gpus=pool.gpus_per_actor or None)
             for b in ds.iter_batches(batch_format="numpy", batch_size=None):
                 for i, o in zip(b["i"], b["out"]):

@@ -64,6 +64,12 @@ def load_checkpoint(name_or_path: str, dtype: str | torch.dtype = "float32", dev
         LlavaNextForConditionalGeneration,
     )
 
+    from lavic_ray.hardware import check_not_driver, resolve_device
+
+    check_not_driver(f"loading the checkpoint {name_or_path}")
+    device = resolve_device(device)
+    if device == "cpu":
+        device = None
     torch_dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     try:
         model = LlavaNextForConditionalGeneration.from_pretrained(name_or_path, dtype=torch_dtype)

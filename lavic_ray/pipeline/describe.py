@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lavic_ray.artifacts import atomic_write_text, write_config
-from lavic_ray.config import DescribeConfig, LavicConfig
+from lavic_ray.config import DescribeConfig, LavicConfig, actor_pool
 from lavic_ray.data.descriptions import DESCRIPTIONS_FILE, SCHEMA, read_descriptions
 from lavic_ray.data.images import check_image
 from lavic_ray.data.layout import Catalog
@@ -148,7 +148,7 @@ def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, us
         ensure_ray()
         ds = ray.data.from_items(todo).map_batches(
             Describer, fn_constructor_kwargs={**kwargs, "threads": max(1, int(d.cpus_per_actor))}, batch_size=d.batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=d.actors), num_cpus=d.cpus_per_actor,
+            batch_format="numpy", compute=actor_pool(d.actors), num_cpus=d.cpus_per_actor,
             num_gpus=d.gpus_per_actor or None)
         for k, batch in enumerate(ds.iter_batches(batch_format="pyarrow", batch_size=None)):
             flush(batch, k)

@@ -18,7 +18,7 @@ import torch
 
 from lavic_ray import console
 from lavic_ray.artifacts import write_config
-from lavic_ray.config import LavicConfig
+from lavic_ray.config import LavicConfig, actor_pool
 from lavic_ray.data.layout import Catalog
 from lavic_ray.errors import InputMissing
 
@@ -171,7 +171,7 @@ def run_embed(cfg: LavicConfig, out: str | Path, adapter: str | Path | None = No
         ensure_ray()
         ds = ray.data.from_items(rows).map_batches(
             EmbedItems, fn_constructor_kwargs={**kwargs, "threads": max(1, int(e.cpus_per_actor))}, batch_size=e.batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=e.actors), num_cpus=e.cpus_per_actor,
+            batch_format="numpy", compute=actor_pool(e.actors), num_cpus=e.cpus_per_actor,
             num_gpus=e.gpus_per_actor or None,
         )
         parts = []

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lavic_ray.artifacts import atomic_write_text, write_config
-from lavic_ray.config import LavicConfig, PreprocessConfig
+from lavic_ray.config import LavicConfig, PreprocessConfig, actor_pool
 from lavic_ray.data.images import check_image, load_rgb
 from lavic_ray.data.layout import Catalog
 from lavic_ray.errors import InvalidInput
@@ -203,7 +203,7 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
         ensure_ray()
         items = [{"shard": k, "rows": json.dumps(shards[k])} for k in todo]
         ds = ray.data.from_items(items, override_num_blocks=len(items)).map(
-            ShardWriter, fn_constructor_kwargs=kwargs, compute=ray.data.ActorPoolStrategy(size=min(pcfg.workers, len(items))),
+            ShardWriter, fn_constructor_kwargs=kwargs, compute=actor_pool(min(pcfg.workers, len(items))),
             num_cpus=pcfg.cpus_per_worker, resources=cfg.placement.cpu_resources() or None)
         done = ds.take_all()
     else:

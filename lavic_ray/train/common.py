@@ -15,7 +15,9 @@ from lavic_ray.model.lavic import LaViC
 
 def train_device(stage_cfg: StageConfig) -> str | None:
     """This worker's GPU when the stage trains on GPUs (and one is there), else None (CPU)."""
-    if stage_cfg.use_gpu and torch.cuda.is_available():
+    from lavic_ray.hardware import cuda_available
+
+    if stage_cfg.use_gpu and cuda_available():
         return f"cuda:{torch.cuda.current_device()}"
     return None
 

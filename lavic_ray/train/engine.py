@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from lavic_ray.config import EngineConfig
 from lavic_ray.errors import InvalidInput
+from lavic_ray.hardware import collective_backend, cuda_available
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ def ensure_process_group(backend: str | None = None) -> None:
     os.environ.setdefault("WORLD_SIZE", "1")
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+    backend = backend or collective_backend(cuda_available())
     dist.init_process_group(backend=backend)
 
 
@@ -62,7 +63,7 @@ def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_s
     """The DeepSpeed JSON config for an :class:`EngineConfig` (also written beside checkpoints)."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload_optimizer:
-        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": torch.cuda.is_available()}
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda_available()}
     ds = {
         "train_micro_batch_size_per_gpu": cfg.micro_batch_size,
         "gradient_accumulation_steps": cfg.grad_accumulation,
@@ -162,7 +163,7 @@ class DeepSpeedEngine(Engine):
     def __init__(self, module: torch.nn.Module, cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int = 0,
                  total_steps: int | None = None, decay: str = "constant"):
         super().__init__(module, cfg)
-        os.environ.setdefault("DS_ACCELERATOR", "cuda" if torch.cuda.is_available() else "cpu")
+        os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda_available() else "cpu")
         try:
             import deepspeed
         except ImportError as e:

@@ -70,7 +70,9 @@ def _worker(config: dict) -> None:
     # before DeepSpeed is imported: Ray Train does not pass the driver's environment to its workers
     import torch
 
-    os.environ.setdefault("DS_ACCELERATOR", "cuda" if scfg.use_gpu and torch.cuda.is_available() else "cpu")
+    from lavic_ray.hardware import cuda_available
+
+    os.environ.setdefault("DS_ACCELERATOR", "cuda" if scfg.use_gpu and cuda_available() else "cpu")
 
     from lavic_ray.train.loop import train
     from lavic_ray.train.reporting import RayReporter
@@ -87,7 +89,9 @@ def _worker(config: dict) -> None:
 def backend(scfg: StageConfig) -> str:
     """The torch.distributed backend of a run (decided by its config, not by the driver's hardware: a driver on a
     CPU head starts workers on GPU nodes)."""
-    return scfg.backend if scfg.backend != "auto" else ("nccl" if scfg.use_gpu else "gloo")
+    from lavic_ray.hardware import collective_backend
+
+    return collective_backend(scfg.use_gpu, scfg.backend)
 
 
 def absolute_paths(cfg: LavicConfig) -> LavicConfig:

@@ -66,13 +66,3 @@ def test_every_baseline_on_the_synthetic_test_split(synth_root, method, tmp_path
 def test_registry_has_the_baselines():
     assert {"first-candidate", "random", "sbert", "bm25"} <= set(METHODS)
 
-
-def test_the_actor_pool_never_asks_for_more_than_the_cluster_holds():
-    from lavic_ray.config import ActorPool
-    from lavic_ray.eval.lavic_methods import pool_size
-
-    assert pool_size(ActorPool(actors=2), {"CPU": 2.0}) == 2
-    assert pool_size(ActorPool(actors=2), {"CPU": 1.0}) == 1  # a 1-core machine: one actor, not a pool that waits forever
-    assert pool_size(ActorPool(actors=4, cpus_per_actor=2), {"CPU": 6.0}) == 3
-    assert pool_size(ActorPool(actors=2, gpus_per_actor=1), {"CPU": 16.0, "GPU": 1.0}) == 1
-    assert pool_size(ActorPool(actors=1), {}) == 1

@@ -36,3 +36,27 @@ def test_merging_is_for_inference_only(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="inference"):
         build_lavic(ModelConfig(checkpoint=str(tiny_dir)), adapter=tmp_path, merge_adapter=True, train_lora="llm",
                     lora=LoraConfig())
+
+
+def test_the_health_check_is_cheap_and_runs_the_model_only_rarely(served_run, monkeypatch):
+    """Serve asks every replica every 10 s: a 7B forward pass each time would cost a GPU's time under load. The check
+    scores a request only when the replica answered none for DEEP_CHECK_EVERY_S."""
+    from lavic_ray.serve import reranker as R
+
+    rr = R.Reranker.func_or_class(served_run["stage2_dir"], served_run["table"], torch_threads=1)
+    calls = []
+    real = rr.core.score
+    monkeypatch.setattr(rr.core, "score", lambda reqs: calls.append(reqs) or real(reqs))
+    for _ in range(30):  # five minutes of Serve's checks on a fresh replica
+        rr.check_health()
+    assert calls == [] and rr.deep_checks == 0
+    rr.last_answered -= R.DEEP_CHECK_EVERY_S  # idle for the whole period: the model answers one request now
+    rr.check_health()
+    rr.check_health()
+    assert len(calls) == 1 and rr.deep_checks == 1
+    monkeypatch.setattr(rr.core, "score", lambda reqs: (_ for _ in ()).throw(RuntimeError("CUDA error")))
+    rr.last_answered -= R.DEEP_CHECK_EVERY_S
+    import pytest
+
+    with pytest.raises(RuntimeError, match="CUDA error"):  # a broken model fails the check: Serve replaces it
+        rr.check_health()
