@@ -312,6 +312,8 @@ class EngineConfig(Strict):
     micro_batch_size: int = Field(4, ge=1)
     grad_accumulation: int = Field(1, ge=1)
     grad_clip: float = Field(1.0, ge=0)
+    deepspeed_config: str | None = Field(None, description="a DeepSpeed JSON file merged over the computed config; its "
+                                                           "\"auto\" values keep the computed ones")
 
 
 class StageConfig(Strict):

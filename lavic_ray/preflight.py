@@ -143,6 +143,16 @@ def problems(cfg: LavicConfig, job: str) -> list[str]:
             out.append(f"dataset.root: {cfg.dataset.root} is not a folder")
         else:
             out += dataset_problems(cfg.dataset.root, cfg.dataset.domain, cfg.dataset.images_dir)
+    if job in MODEL_JOBS:
+        for stage in ("stage1", "stage2"):
+            path = getattr(cfg, stage).engine.deepspeed_config
+            if path and not Path(path).is_file():
+                out.append(f"{stage}.engine.deepspeed_config: {path} does not exist")
+            elif path:
+                try:
+                    json.loads(Path(path).read_text())
+                except ValueError as e:
+                    out.append(f"{stage}.engine.deepspeed_config: {path} is not JSON ({e})")
     if job != "download":
         out += storage_problems(cfg.storage_root)
     return out

@@ -160,7 +160,10 @@ def test_cluster_launcher_has_a_cpu_head_and_gpu_worker_groups():
     gpu = [t for t in types.values() if t["resources"].get("GPU")]
     assert gpu and all(t["min_workers"] == 0 < t["max_workers"] for t in gpu)
     assert sum(t["max_workers"] for t in gpu) <= cl["max_workers"]
-    assert re.search(r"jobs/\w+\.py --config jobs/configs/\w+\.yaml", (CLUSTER / "launcher-gcp.yaml").read_text())
+    text = (CLUSTER / "launcher-gcp.yaml").read_text()
+    for script, preset in re.findall(r"python /opt/lavic-ray/(jobs/\w+\.py) --config /opt/lavic-ray/(jobs/configs/\w+\.yaml)", text):
+        _check_job_command(f"python {script} --config {preset}")
+    assert len(re.findall(r"python /opt/lavic-ray/jobs/", text)) == 3
 
 
 def test_dockerfile_copies_what_the_manifests_run():

@@ -59,8 +59,46 @@ def world() -> tuple[int, int]:
     return 0, 1
 
 
+#: keys of a user's DeepSpeed JSON that the loop owns (its batching, its learning-rate schedule): set them in the config
+LOOP_OWNED = {"train_micro_batch_size_per_gpu": "engine.micro_batch_size", "gradient_accumulation_steps":
+              "engine.grad_accumulation", "train_batch_size": "engine.micro_batch_size x grad_accumulation x workers",
+              "scheduler": "stage*.warmup_steps / lr_decay"}
+
+
+def merge_deepspeed_json(computed: dict, path: str | Path) -> dict:
+    """A user's DeepSpeed JSON (the habit of LLaMA-Factory and the HF Trainer) over the computed config: its values
+    replace the computed ones key by key, nested sections merged, and ``"auto"`` keeps the computed value. The keys
+    the loop owns (:data:`LOOP_OWNED`) may only be ``"auto"`` or equal to the computed value."""
+    import json
+
+    path = Path(path)
+    try:
+        user = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidInput(f"engine.deepspeed_config: {path} does not exist") from None
+    except ValueError as e:
+        raise InvalidInput(f"engine.deepspeed_config: {path} is not JSON ({e})") from None
+    if not isinstance(user, dict):
+        raise InvalidInput(f"engine.deepspeed_config: {path} must hold a JSON object")
+    for key, setting in LOOP_OWNED.items():
+        if key in user and user[key] != "auto" and user[key] != computed.get(key):
+            raise InvalidInput(f"engine.deepspeed_config: {path} sets {key}={user[key]!r}; lavic-ray's loop owns it "
+                               f"(set {setting}), so give \"auto\" or leave it out")
+
+    def merge(base, extra):
+        out = dict(base)
+        for k, v in extra.items():
+            if v == "auto":
+                continue
+            out[k] = merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        return out
+
+    return merge(computed, user)
+
+
 def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_steps: int) -> dict:
-    """The DeepSpeed JSON config for an :class:`EngineConfig` (also written beside checkpoints)."""
+    """The DeepSpeed JSON config for an :class:`EngineConfig` (also written beside checkpoints), with
+    ``engine.deepspeed_config`` merged over it (:func:`merge_deepspeed_json`)."""
     zero: dict = {"stage": cfg.zero_stage}
     if cfg.offload_optimizer:
         zero["offload_optimizer"] = {"device": "cpu", "pin_memory": cuda_available()}
@@ -79,7 +117,7 @@ def deepspeed_config(cfg: EngineConfig, lr: float, weight_decay: float, warmup_s
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    return ds
+    return merge_deepspeed_json(ds, cfg.deepspeed_config) if cfg.deepspeed_config else ds
 
 
 def warmup_factor(step: int, warmup_steps: int, total_steps: int | None = None, decay: str = "constant") -> float:

@@ -107,6 +107,11 @@ def absolute_paths(cfg: LavicConfig) -> LavicConfig:
                                else str(Path(d.images_dir).resolve()))
     if paths:
         upd["dataset"] = d.model_copy(update=paths)
+    for stage in ("stage1", "stage2"):  # a user's DeepSpeed JSON, read by the workers
+        s = getattr(cfg, stage)
+        if s.engine.deepspeed_config and Path(s.engine.deepspeed_config).exists():
+            engine = s.engine.model_copy(update={"deepspeed_config": str(Path(s.engine.deepspeed_config).resolve())})
+            upd[stage] = s.model_copy(update={"engine": engine})
     return cfg.model_copy(update=upd) if upd else cfg
 
 

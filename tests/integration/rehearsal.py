@@ -44,7 +44,7 @@ SUBSTITUTIONS = {
     "object_store_memory": 200 * 2**20,
     # steps, trials and evaluation sizes: trimmed by --set overrides appended to each job's entrypoint
     "trims": ["stage1.max_steps=2", "stage2.max_steps=2", "stage1.eval_limit=4", "stage2.eval_limit=4",
-              "stage1.eval_every=2", "stage2.eval_every=2", "eval.limit=6", "tune.num_samples=2",
+              "stage1.eval_every=2", "stage2.eval_every=2", "eval.limit=6", "tune.num_samples=1",
               "tune.grace_period=1", "describe.limit=4", "describe.max_new_tokens=8"],
     # Serve's HTTP proxy: on 127.0.0.1 and a free port, on the head only (every fake node is this one machine)
     "serve": {"proxy_location": "HeadOnly", "http_options.host": "127.0.0.1", "http_options.port": "<free port>"},
@@ -105,8 +105,24 @@ def node_types_from_raycluster(spec: dict, secrets_: dict[tuple[str, str], str])
     return types, _container_env(head, secrets_)
 
 
+def _docker_env(options: list[str]) -> tuple[dict[str, str], list[str]]:
+    """``-e K=V`` and ``--env-file F`` of docker run options."""
+    env, files = {}, []
+    for opt in options:
+        parts = opt.split(None, 1)
+        if parts[0] == "-e" and len(parts) == 2 and "=" in parts[1]:
+            k, v = parts[1].split("=", 1)
+            env[k] = v
+        elif parts[0] == "--env-file" and len(parts) == 2:
+            files.append(parts[1])
+    return env, files
+
+
 def node_types_from_launcher(cluster: dict) -> tuple[dict, dict]:
-    """Autoscaler node types from a cluster-launcher config, as written (head first)."""
+    """Autoscaler node types from a cluster-launcher config, as written (head first), with the containers'
+    environment of its docker run options (``-e``, and a node type's ``--env-file``). Returns
+    ``(node_types, every node's env)``."""
+    env, _ = _docker_env(cluster.get("docker", {}).get("run_options", []))
     types = {}
     for name, t in cluster["available_node_types"].items():
         entry = {"resources": dict(t["resources"]), "node_config": {}}
@@ -114,8 +130,10 @@ def node_types_from_launcher(cluster: dict) -> tuple[dict, dict]:
             entry["max_workers"] = 0
         else:
             entry.update(min_workers=int(t.get("min_workers", 0)), max_workers=int(t["max_workers"]))
+            type_env, files = _docker_env(t.get("docker", {}).get("worker_run_options", []))
+            entry["node_config"] = {"env": type_env, "env_files": files}
         types["head" if name == cluster["head_node_type"] else name] = entry
-    return types, {}
+    return types, env
 
 
 class FakeCluster:
@@ -126,19 +144,26 @@ class FakeCluster:
         node_types: From :func:`node_types_from_raycluster` or :func:`node_types_from_launcher`.
         env: The environment of every Ray process (the head's container env, the substitutions' switch, the
             token auth every manifest turns on).
+        mnt: The folder bound at ``/mnt`` (the volumes: ``lavic``, ``models``); default ``workdir/mnt``.
+        setup_commands: Shell commands run in the namespace before ``ray start`` (a launcher's head setup). With
+            ``RAY_AUTH_TOKEN_PATH`` in ``env``, the token is that file's (a setup command writes it).
     """
 
-    def __init__(self, workdir: Path, node_types: dict, env: dict[str, str]):
+    def __init__(self, workdir: Path, node_types: dict, env: dict[str, str], mnt: Path | None = None,
+                 setup_commands: list[str] = ()):
         self.workdir = Path(workdir)
         self.node_types = node_types
-        self.mnt = self.workdir / "mnt"
+        self.mnt = Path(mnt) if mnt else self.workdir / "mnt"
         self.opt = self.workdir / "opt"
         self.temp = Path("/tmp") / f"rh{secrets.token_hex(3)}"  # Ray's socket paths must stay short
         self.gcs_port = free_port()
         self.dashboard_port = free_port()
+        self.setup_commands = list(setup_commands)
         self.token = secrets.token_hex(16)
+        self.mark = f"LAVIC_REHEARSAL={secrets.token_hex(8)}"  # every process of this cluster carries it
+        token = {} if "RAY_AUTH_TOKEN_PATH" in env else {"RAY_AUTH_TOKEN": self.token}
         self.env = {**os.environ, **env, "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
-                    "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,
+                    "RAY_AUTH_MODE": "token", **token, "LAVIC_REHEARSAL": self.mark.split("=", 1)[1],
                     "PYTHONPATH": os.pathsep.join([str(HERE), str(REPO), os.environ.get("PYTHONPATH", "")]),
                     "RAY_USAGE_STATS_ENABLED": "0",
                     # the image's python is this one (``python jobs/...`` in the entrypoints finds Ray and lavic-ray)
@@ -200,7 +225,8 @@ class FakeCluster:
         head = self.node_types["head"]["resources"]
         custom = {k: v for k, v in head.items() if k not in ("CPU", "GPU")}
         ray = str(Path(sys.executable).parent / "ray")
-        cmd = (f"{ray} start --head --port={self.gcs_port} --num-cpus={int(head.get('CPU', 0))} "
+        setup = "".join(f"{c} && " for c in self.setup_commands)
+        cmd = setup + (f"{ray} start --head --port={self.gcs_port} --num-cpus={int(head.get('CPU', 0))} "
                f"--temp-dir={self.temp} --autoscaling-config={cfg} --include-dashboard=true "
                f"--dashboard-host=127.0.0.1 --dashboard-port={self.dashboard_port} "
                f"--dashboard-agent-listen-port={free_port()} "
@@ -210,6 +236,8 @@ class FakeCluster:
         if out.returncode != 0:
             raise RuntimeError(f"ray start failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
         self.address = f"{_node_ip()}:{self.gcs_port}"
+        if "RAY_AUTH_TOKEN_PATH" in self.env:  # the token a setup command wrote on a volume
+            self.token = (self.mnt / self.env["RAY_AUTH_TOKEN_PATH"].removeprefix("/mnt/")).read_text().strip()
         self._wait_dashboard()
         return self
 
@@ -228,9 +256,9 @@ class FakeCluster:
         raise RuntimeError(f"the dashboard at {self.dashboard_url} did not answer in {timeout:.0f} s")
 
     def pids(self) -> list[int]:
-        """Every process of this cluster: each carries the cluster's own token in its environment (Ray's processes,
+        """Every process of this cluster: each carries the cluster's own mark in its environment (Ray's processes,
         the nodes the autoscaler added, the jobs' drivers) or its temp dir on its command line."""
-        mark, temp = f"RAY_AUTH_TOKEN={self.token}".encode(), str(self.temp).encode()
+        mark, temp = self.mark.encode(), str(self.temp).encode()
         out = []
         for p in Path("/proc").iterdir():
             if not p.name.isdigit() or int(p.name) == os.getpid():

@@ -2,8 +2,9 @@
 
 Ray's ``fake_multinode`` provider starts every worker node as processes of this machine with the environment
 of the autoscaler that starts them. A Kubernetes worker group's containers have their own ``env`` (the API token
-the Serve ingress reads is only on the CPU group's), so this provider sets a node type's ``node_config.env``
-while it starts a node of that type: the node's raylet, and every Ray worker it starts, inherit it.
+the Serve ingress reads is only on the CPU group's; a launcher node type's docker ``--env-file``), so this
+provider sets a node type's ``node_config.env`` (and the variables of its ``env_files``, read when the node starts)
+while it starts a node of that type: the node's raylet, and every Ray worker it starts, inherit them.
 Loaded by the autoscaler as ``provider: {type: external, module: rehearsal_provider.RehearsalProvider}``.
 """
 
@@ -16,7 +17,13 @@ from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeP
 
 class RehearsalProvider(FakeMultiNodeProvider):
     def _create_node_with_resources_and_labels(self, node_config, tags, count, resources, labels):
-        env = {k: str(v) for k, v in (node_config or {}).get("env", {}).items()}
+        node_config = node_config or {}
+        env = {k: str(v) for k, v in node_config.get("env", {}).items()}
+        for path in node_config.get("env_files", []):  # docker's --env-file: read when the node starts
+            for line in open(path).read().splitlines():
+                if "=" in line and not line.lstrip().startswith("#"):
+                    key, value = line.split("=", 1)
+                    env[key.strip()] = value.strip()
         with self.lock:  # nodes start one at a time: the environment is this process's while one starts
             saved = {k: os.environ.get(k) for k in env}
             os.environ.update(env)

@@ -509,3 +509,31 @@ def test_under_ray_train_a_tie_keeps_the_earlier_best(tmp_path):
     cfg = Stage2Config(max_steps=3, eval_every=1, checkpoint_every=1, log_every=1, engine={"kind": "torch", "micro_batch_size": 2})
     train(_Scripted([0.5, 0.5, 0.5]), cfg, rep, tmp_path / "run")
     assert rep.scores == {1: 0.5, 2: UNSCORED, 3: UNSCORED}
+
+
+def test_a_users_deepspeed_json_is_merged_over_the_computed_config(tmp_path):
+    """engine.deepspeed_config: the LLaMA-Factory habit. Its values win, nested sections merge, "auto" keeps ours,
+    and what the loop owns (batching, the schedule) cannot be changed behind its back."""
+    import json
+
+    from lavic_ray.config import EngineConfig
+    from lavic_ray.errors import InvalidInput
+    from lavic_ray.train.engine import deepspeed_config
+
+    user = tmp_path / "ds.json"
+    user.write_text(json.dumps({"zero_optimization": {"stage": 3, "overlap_comm": True, "offload_param": {"device": "cpu"}},
+                                "train_micro_batch_size_per_gpu": "auto", "gradient_clipping": 0.5,
+                                "bf16": {"enabled": "auto"}, "optimizer": {"params": {"betas": [0.9, 0.95]}}}))
+    cfg = EngineConfig(micro_batch_size=4, grad_accumulation=2, precision="bf16", deepspeed_config=str(user))
+    ds = deepspeed_config(cfg, lr=2e-4, weight_decay=0.0, warmup_steps=0)
+    assert ds["zero_optimization"] == {"stage": 3, "overlap_comm": True, "offload_param": {"device": "cpu"}}
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 2
+    assert ds["gradient_clipping"] == 0.5 and ds["bf16"] == {"enabled": True}
+    assert ds["optimizer"]["type"] == "AdamW" and ds["optimizer"]["params"]["lr"] == 2e-4
+    assert ds["optimizer"]["params"]["betas"] == [0.9, 0.95]
+    user.write_text(json.dumps({"gradient_accumulation_steps": 8}))
+    with pytest.raises(InvalidInput, match="engine.grad_accumulation"):
+        deepspeed_config(cfg, lr=2e-4, weight_decay=0.0, warmup_steps=0)
+    user.write_text("{not json")
+    with pytest.raises(InvalidInput, match="is not JSON"):
+        deepspeed_config(cfg, lr=2e-4, weight_decay=0.0, warmup_steps=0)
