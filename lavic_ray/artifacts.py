@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from lavic_ray import storage
 from lavic_ray.config import config_to_yaml
 
 CONFIG_FILE = "config.yaml"
@@ -44,7 +45,9 @@ def write_json(path: str | Path, obj, config: BaseModel | None = None) -> Path:
 
 
 def write_config(directory: str | Path, config: BaseModel) -> Path:
-    return atomic_write_text(Path(directory) / CONFIG_FILE, config_to_yaml(config))
+    path = atomic_write_text(Path(directory) / CONFIG_FILE, config_to_yaml(config))
+    storage.publish(path)
+    return path
 
 
 class Artifacts:
@@ -64,8 +67,10 @@ class Artifacts:
     """
 
     def __init__(self, root: str | Path):
-        # absolute: paths derived from it are handed to Ray workers, which run elsewhere
-        self.root = Path(root).resolve()
+        # absolute: paths derived from it are handed to Ray workers, which run elsewhere; under an object store, the
+        # mirror of the bucket (the same path on every node: lavic_ray.storage)
+        self.uri = str(root) if storage.is_remote(str(root)) else None
+        self.root = storage.local(root).resolve()
 
     @property
     def catalog(self) -> Path:

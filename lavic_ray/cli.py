@@ -75,8 +75,12 @@ def _long_command(args, art_root: Path | str, name: str):
     stamp = time.strftime("%Y%m%d-%H%M%S")
     from lavic_ray.runtime import ray_released
 
-    with console.session(Path(art_root) / "logs" / f"{name}-{stamp}.log", verbose=args.verbose) as c, ray_released():
+    from lavic_ray import storage
+
+    log_file = storage.local(str(art_root)) / "logs" / f"{name}-{stamp}.log"
+    with console.session(log_file, verbose=args.verbose) as c, ray_released():
         yield c
+    storage.publish(log_file)
 
 
 # ---------------------------------------------------------------------------- data

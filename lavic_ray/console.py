@@ -25,6 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from lavic_ray import storage
+
 log = logging.getLogger(__name__)
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -110,8 +112,8 @@ class Console:
             seen = None
             with self.progress(None, desc, "step") as bar:
                 while not stop.wait(poll_s):
-                    try:
-                        p = json.loads(Path(progress_file).read_text())
+                    try:  # under an object store: the copy rank 0 publishes
+                        p = json.loads(storage.fetch(progress_file, refresh=True).read_text())
                     except (OSError, ValueError):
                         continue
                     if p == seen:

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lavic_ray import workflow
+from lavic_ray import storage, workflow
 from lavic_ray.config import LavicConfig, load_config
 
 
@@ -143,12 +143,13 @@ def main(job: str, argv: list[str] | None = None) -> int:
         if job not in ("pipeline", "download"):
             workflow.resolve(cfg)
         mark_driver()
-        log_file = Path(cfg.storage_root) / "logs" / f"job-{job}-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log_file = storage.local(cfg.storage_root) / "logs" / f"job-{job}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         with console.session(log_file, verbose=args.verbose) as con, ray_released():
             with con.step(f"jobs/{job}.py: {(JOBS[job].__doc__ or '').strip().splitlines()[0]}"):
                 ensure_ray(args.address)
                 result = JOBS[job](cfg)
             print(json.dumps(result, default=str), file=con.out, flush=True)
+        storage.publish(log_file)  # under an object store: the log beside the runs
     except preflight.PreflightFailed as e:
         for line in e.problems:
             print(f"jobs/{job}.py: error: {line}", file=sys.stderr)

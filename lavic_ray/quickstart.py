@@ -20,6 +20,7 @@ from importlib import resources
 from pathlib import Path
 
 from lavic_ray import workflow
+from lavic_ray import storage
 from lavic_ray.artifacts import Artifacts, atomic_write_text, write_config
 from lavic_ray.config import LavicConfig, load_config
 from lavic_ray.console import Console
@@ -90,7 +91,7 @@ def _probe(cfg: LavicConfig, art: Artifacts, timed) -> dict:
     from lavic_ray.eval.probe import probe_descriptions
 
     truth = workflow.dataset(cfg).attribute_truth()
-    probe = json.loads(art.probe.read_text()) if art.probe.is_file() else {}
+    probe = json.loads(art.probe.read_text()) if storage.fetch(art.probe).is_file() else {}
     if truth is None:  # a user's dataset: no attribute truth; its words are probed if stage 2 does not learn
         if not workflow.stage_done(art.stage1):
             timed("stage 1", workflow.stage1, cfg, art)
@@ -246,16 +247,16 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
         probe = _probe(cfg, art, timed)
     with console.step(steps[3], 4, n):
         for which in dict.fromkeys(VARIANTS[v].table for v in cfg.job.variants if VARIANTS[v].table):
-            if not art.table(which).is_file():
+            if not storage.exists(art.table(which)):
                 timed(f"embed ({which})", workflow.embed, cfg, art, which)
     with console.step(steps[4], 5, n):
         runs = timed("stage 2 (every variant)", workflow.stage2_variants, cfg, art, tuple(cfg.job.variants), timed)
     with console.step(steps[5], 6, n):
         results = workflow.evaluate_methods(cfg, art, methods_of(cfg), runs, "test", timed)
     with console.step(steps[6], 7, n):
-        histories = {"stage1": json.loads((art.stage1 / "history.json").read_text())}
+        histories = {"stage1": json.loads(storage.fetch(art.stage1 / "history.json").read_text())}
         for name, r in runs.items():
-            histories[f"stage2 {name}"] = json.loads((Path(r.stage2_dir) / "history.json").read_text())
+            histories[f"stage2 {name}"] = json.loads(storage.fetch(Path(r.stage2_dir) / "history.json").read_text())
         art.report.mkdir(parents=True, exist_ok=True)
         plotted = _plot(histories, art.report / "training_curves.png")
         for name, r in runs.items():
@@ -270,6 +271,8 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
                 probe = _probe_words(cfg, art, probe, timed)
         timings["total"] = round(time.monotonic() - t_start, 1)
         _write_report(art, cfg, results, probe, timings, workflow.dataset(cfg), histories, plotted, reused)
+        storage.publish(art.report)
+        storage.publish(art.probe)
     console.line(format_table(results))
     blind = _blind_text(probe) or _words_text(probe) or _carried_text(probe)
     for name in runs:

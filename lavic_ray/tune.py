@@ -29,6 +29,7 @@ import logging
 import math
 from pathlib import Path
 
+from lavic_ray import storage
 from lavic_ray.artifacts import Artifacts, atomic_write_text
 from lavic_ray.config import ConfigError, LavicConfig, config_to_yaml, set_dotted
 from lavic_ray.errors import InputMissing, UserError
@@ -104,7 +105,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
         vcfg, table_path = workflow.variant(cfg, art, cfg.job.variant)
         cfg = vcfg
         table = str(table_path) if table_path else None
-        if table_path is not None and not table_path.is_file():
+        if table_path is not None and not storage.exists(table_path):
             raise InputMissing(f"stage 2 reads {table_path}, which is missing (run jobs/embed.py first)")
     max_t = stage_cfg.max_steps or stage_cfg.step_budget or 10**9
     out = art.tune(t.stage)
@@ -118,7 +119,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
             metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,
             scheduler=ASHAScheduler(time_attr="step", max_t=max_t, grace_period=t.grace_period, reduction_factor=t.reduction_factor),
         ),
-        run_config=tune.RunConfig(name="search", storage_path=str(out.resolve())),
+        run_config=tune.RunConfig(name="search", **storage.train_storage(out.resolve())),
     )
     grid = tuner.fit()
     rows = []
@@ -136,6 +137,8 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
     header = (f"# The best of {len(rows)} trials of a Ray Tune search over {t.stage} ({t.metric} {t.mode}): {values}\n"
               f"# Use it with any job: ray job submit --working-dir . -- python jobs/recommend.py --config {out / 'best.yaml'}\n")
     atomic_write_text(out / "best.yaml", header + config_to_yaml(best_cfg))
+    for name in ("results.csv", "results.md", "best.yaml"):
+        storage.publish(out / name)
     log.info("tune: best %s = %s with %s", t.metric, best.metrics.get(t.metric), values)
     return {"best": values, t.metric: best.metrics.get(t.metric), "trials": len(rows), "results": str(out / "results.md"),
             "preset": str(out / "best.yaml")}

@@ -18,6 +18,7 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
+from lavic_ray import storage
 from lavic_ray.artifacts import Artifacts, write_config
 from lavic_ray.config import LavicConfig, LavicRun, config_to_yaml
 from lavic_ray.data.dataset import Dataset
@@ -37,8 +38,8 @@ def _call(label: str, fn, *a, **k):
 
 
 def stage_done(stage_dir: Path) -> bool:
-    """A stage directory holds its final adapter and history (written last)."""
-    return (stage_dir / "adapter" / "adapter_config.json").is_file() and (stage_dir / "history.json").is_file()
+    """A stage directory holds its final adapter and history (written last), here or in the object store."""
+    return storage.exists(Path(stage_dir) / "adapter" / "adapter_config.json") and storage.exists(Path(stage_dir) / "history.json")
 
 
 def ensure_synthetic_catalog(cfg: LavicConfig, directory: Path) -> Path:
@@ -47,12 +48,14 @@ def ensure_synthetic_catalog(cfg: LavicConfig, directory: Path) -> Path:
     from lavic_ray.retrieval import make_retriever
 
     wanted = config_to_yaml(cfg.synth)
+    directory = storage.fetch(directory)
     previous = directory / "config.yaml"
     if Dataset(directory, cfg.synth.domain).manifest.is_file() and previous.is_file() and previous.read_text() == wanted:
         log.info("reusing the synthetic catalog in %s", directory)
         return directory
     log.info("synthesising the catalog into %s", directory)
     generate(cfg.synth, directory, make_retriever("sbert", cfg.retrieval), force=True)
+    storage.publish(directory)
     return directory
 
 
@@ -65,7 +68,7 @@ def dataset_root(cfg: LavicConfig, art: Artifacts, create: bool = False) -> Path
         return root
     if create:
         return ensure_synthetic_catalog(cfg, art.catalog)
-    if not Dataset(art.catalog, cfg.synth.domain).has_items():
+    if not Dataset(storage.fetch(art.catalog), cfg.synth.domain).has_items():
         raise InputMissing(f"no dataset: set dataset.root, or run the pipeline job first (it synthesises {art.catalog})")
     return art.catalog
 
@@ -76,7 +79,7 @@ def ensure_model(cfg: LavicConfig, art: Artifacts, catalog: Path, build: bool = 
     if name not in OFFLINE_MODELS:
         return name
     out = art.model(name)
-    if (out / "config.json").is_file():
+    if storage.exists(out / "config.json"):
         log.info("reusing the %s model in %s", name, out)
         return str(out)
     if not build:
@@ -86,18 +89,25 @@ def ensure_model(cfg: LavicConfig, art: Artifacts, catalog: Path, build: bool = 
         from lavic_ray.model.checkpoints import build_tiny
 
         build_tiny(out, seed=cfg.small_model.seed)
+        storage.publish(out)
     else:
         import ray
 
-        from lavic_ray.model.small import build_small_model
         from lavic_ray.runtime import remote_call
 
         cpus = cfg.small_model.cpus or (max(1.0, ray.available_resources().get("CPU", 1.0)) if ray.is_initialized() else 1.0)
         from lavic_ray import console
 
         with console.get().watch(out / "progress.json", "small model"):
-            remote_call(build_small_model, catalog, out, num_cpus=cpus, **cfg.small_model.model_dump(exclude={"cpus"}))
+            remote_call(_build_small, catalog, out, num_cpus=cpus, **cfg.small_model.model_dump(exclude={"cpus"}))
     return str(out)
+
+
+def _build_small(catalog: Path, out: Path, **kwargs) -> None:
+    from lavic_ray.model.small import build_small_model
+
+    build_small_model(storage.fetch(catalog), out, **kwargs)
+    storage.publish(out)
 
 
 def resolve(cfg: LavicConfig, build: bool = False) -> tuple[LavicConfig, Artifacts]:
@@ -162,14 +172,16 @@ def index(cfg: LavicConfig, art: Artifacts) -> dict:
     from lavic_ray.retrieval.base import INDEX_META
     from lavic_ray.runtime import remote_call
 
-    out = art.index(INDEX_KIND)
+    out = storage.fetch(art.index(INDEX_KIND))
     built_with = config_to_yaml(cfg.retrieval) + f"dataset_root: {cfg.dataset.root}\n"
     stamp = out / "built_with.yaml"
     if (out / INDEX_META).is_file() and stamp.is_file() and stamp.read_text() == built_with:
         log.info("reusing the %s index in %s", INDEX_KIND, out)
         return {"index": str(out), "retriever": INDEX_KIND, "reused": True}
     result = remote_call(_build_index, cfg, out, num_cpus=1, resources=cfg.placement.cpu_resources())
+    stamp.parent.mkdir(parents=True, exist_ok=True)
     stamp.write_text(built_with)
+    storage.publish(stamp)
     return result
 
 
@@ -201,7 +213,7 @@ def embed(cfg: LavicConfig, art: Artifacts, which: str, out: Path | None = None,
     from lavic_ray.pipeline.embed import run_embed
 
     out = Path(out or art.table(which))
-    if out.is_file():
+    if storage.exists(out):
         return out
     if which == "distilled" and adapter is None:
         adapter = art.stage1 / "adapter"
@@ -225,12 +237,12 @@ def stage2(cfg: LavicConfig, art: Artifacts, name: str, out: Path | None = None,
     """Stage 2 of a variant (skipped when done); ``table`` overrides the variant's item embedding table, which is
     made first when missing (from stage 1's adapter, or the vision side before it)."""
     vcfg, default_table = variant(cfg, art, name)
-    if table is None and default_table is not None and not default_table.is_file() and not stage_done(Path(out or art.stage2(name))):
+    if table is None and default_table is not None and not storage.exists(default_table) and not stage_done(Path(out or art.stage2(name))):
         embed(cfg, art, VARIANTS[name].table)
     table = Path(table) if table is not None else default_table
     if not vcfg.stage2.use_images:
         table = None
-    if table is not None and not table.is_file():
+    if table is not None and not storage.exists(table):
         raise InputMissing(f"stage 2 ({name}) reads {table}, which is missing (run jobs/embed.py or lavic embed)")
     d = Path(out or art.stage2(name))
     _attempts(vcfg, d, lambda acfg: run_stage("stage2", acfg, d, table, use_ray=use_ray), name)
@@ -373,4 +385,5 @@ def evaluate_methods(cfg: LavicConfig, art: Artifacts, methods, runs: dict[str, 
                                 art.eval_dir(method) if out_dirs else None)
     if out_dirs:
         write_config(art.eval_dir(""), ecfg)
+        storage.publish(art.eval_dir(""))
     return results

@@ -19,7 +19,8 @@ PKG = REPO / "lavic_ray"
 
 TOP = ("lavic_ray.workflow", "lavic_ray.tune", "lavic_ray.quickstart", "lavic_ray.jobs", "lavic_ray.cli")
 STAGES = ("lavic_ray.pipeline", "lavic_ray.train", "lavic_ray.eval", "lavic_ray.serve")
-CORE = ("lavic_ray.config", "lavic_ray.errors", "lavic_ray.variants", "lavic_ray.artifacts", "lavic_ray.hardware")
+CORE = ("lavic_ray.config", "lavic_ray.errors", "lavic_ray.variants", "lavic_ray.artifacts", "lavic_ray.hardware",
+        "lavic_ray.storage")
 
 #: part -> prefixes it must not import
 FORBIDDEN = {

@@ -48,10 +48,13 @@ class Dataset:
         """From a :class:`lavic_ray.config.DatasetConfig` whose ``root`` is set."""
         if not dc.root:
             raise InvalidInput("dataset.root is not set: give the dataset's directory (--catalog DIR or --set dataset.root=DIR)")
+        from lavic_ray import storage
+
         dirs = None if not dc.images_dir else (Path(dc.images_dir) if isinstance(dc.images_dir, str)
                                                else tuple(Path(d) for d in dc.images_dir))
-        return cls(Path(dc.root), dc.domain, dirs,
-                   Path(dc.descriptions) if dc.descriptions else None)
+        # a catalog made under an object-store root (the synthetic one): downloaded once to this node's mirror
+        return cls(storage.fetch(dc.root), dc.domain, dirs,
+                   storage.fetch(dc.descriptions) if dc.descriptions else None)
 
     # ------------------------------------------------------------------ paths
     @property

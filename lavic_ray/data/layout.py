@@ -479,7 +479,9 @@ class Catalog:
     @classmethod
     def load(cls, root: str | Path, images_dir: ImageDirs = None) -> "Catalog":
         """Read the items under ``root``; raise :class:`DataError` on the first error."""
-        items, problems = read_items_checked(root, images_dir)
+        from lavic_ray import storage
+
+        items, problems = read_items_checked(storage.fetch(root), images_dir)
         errors = [p for p in problems if p.severity == "error"]
         if errors:
             raise DataError(errors[0])

@@ -67,6 +67,10 @@ def load_checkpoint(name_or_path: str, dtype: str | torch.dtype = "float32", dev
     from lavic_ray.hardware import check_not_driver, resolve_device
 
     check_not_driver(f"loading the checkpoint {name_or_path}")
+    from lavic_ray import storage
+
+    if storage.uri_of(name_or_path) is not None:  # a model built under an object-store root
+        name_or_path = str(storage.fetch(name_or_path))
     device = resolve_device(device)
     if device == "cpu":
         device = None

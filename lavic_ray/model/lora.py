@@ -7,6 +7,7 @@ from typing import Literal
 
 from torch import nn
 
+from lavic_ray import storage
 from lavic_ray.config import LoraConfig
 from lavic_ray.errors import InputMissing
 
@@ -31,7 +32,7 @@ def load_lora(model: nn.Module, adapter_dir: str | Path, trainable: bool = False
     """Attach a saved PEFT adapter to ``model``."""
     from peft import PeftModel
 
-    adapter_dir = Path(adapter_dir)
+    adapter_dir = storage.fetch(adapter_dir)  # under an object store: downloaded once to this node's mirror
     if not (adapter_dir / "adapter_config.json").is_file():
         raise InputMissing(f"no PEFT adapter in {adapter_dir} (adapter_config.json missing)")
     return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=trainable)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from lavic_ray import storage
 from lavic_ray.config import LavicConfig, load_config
 from lavic_ray.errors import InputMissing, InvalidInput
 from lavic_ray.model.formulations import make_formulation
@@ -45,7 +46,8 @@ class Recommender:
         from lavic_ray.model.build import build_lavic, prompt_builder
         from lavic_ray.model.table import VectorTable
 
-        d = Path(stage2_dir)
+        d = storage.fetch(stage2_dir)  # a folder, or a stage-2 run in an object store (its URI or mirror path)
+        table = storage.local(table) if table is not None else None
         if not (d / "config.yaml").is_file() or not (d / "adapter").is_dir():
             raise InputMissing(f"{d} is not a stage-2 run (expected config.yaml and adapter/ from `lavic recommend`)")
         cfg: LavicConfig = load_config(d / "config.yaml")

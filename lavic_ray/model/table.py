@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from lavic_ray import storage
 from lavic_ray.errors import InputMissing, InvalidInput
 from lavic_ray.model.lavic import NUM_VECTORS
 
@@ -54,7 +55,7 @@ class VectorTable:
 
     @classmethod
     def load(cls, path: str | Path) -> "VectorTable":
-        path = Path(path)
+        path = storage.fetch(path)  # under an object store: downloaded once to this node's mirror
         if not path.exists():
             raise InputMissing(f"item embedding table not found: {path}")
         t = pq.read_table(path)

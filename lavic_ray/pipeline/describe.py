@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from lavic_ray import storage
 from lavic_ray.artifacts import atomic_write_text, write_config
 from lavic_ray.config import DescribeConfig, LavicConfig, actor_pool
 from lavic_ray.data.descriptions import DESCRIPTIONS_FILE, SCHEMA, read_descriptions
@@ -109,7 +110,7 @@ def describe_items(cfg: LavicConfig, item_ids: list[str]) -> list[str]:
 
 def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, use_ray: bool = True) -> dict:
     """Describe the catalog's images into ``out/descriptions.parquet``; returns a summary."""
-    out = Path(out)
+    out = storage.fetch(out)  # under an object store: the descriptions done so far
     (out / "parts").mkdir(parents=True, exist_ok=True)
     d: DescribeConfig = cfg.describe
     catalog = Catalog.load(catalog_root, cfg.dataset.images_dir)
@@ -181,4 +182,5 @@ def run_describe(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, us
     import json
 
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
+    storage.publish(out)
     return summary

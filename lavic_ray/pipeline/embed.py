@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import torch
 
 from lavic_ray import console
+from lavic_ray import storage
 from lavic_ray.artifacts import write_config
 from lavic_ray.config import LavicConfig, actor_pool
 from lavic_ray.data.layout import Catalog
@@ -75,7 +76,9 @@ class EmbedItems:
         from lavic_ray.model.table import table_rows
         from lavic_ray.model.views import pixel_views
 
-        px, sizes, present = pixel_views(self.image_processor, [p or None for p in images], self.missing)
+        # images of a catalog made under an object-store root: downloaded to this node's mirror (a no-op otherwise)
+        images = [str(storage.fetch(p)) if p else None for p in images]
+        px, sizes, present = pixel_views(self.image_processor, images, self.missing)
         vectors = self.model.image_vectors(px.to(self.device), sizes.to(self.device), present.to(self.device))
         n_views = (self.model.num_real_views(sizes) * present).tolist()
         return table_rows(item_ids, vectors, n_views, present.tolist())
@@ -194,5 +197,6 @@ def run_embed(cfg: LavicConfig, out: str | Path, adapter: str | Path | None = No
     pq.write_table(table, tmp)
     tmp.replace(out)
     write_config(out.parent, cfg)
+    storage.publish(out)
     log.info("item embedding table: %d items -> %s in %.1f s", table.num_rows, out, time.monotonic() - t0)
     return out

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lavic_ray import storage
 from lavic_ray.artifacts import atomic_write_text, write_config
 from lavic_ray.config import LavicConfig, PreprocessConfig, actor_pool
 from lavic_ray.data.images import check_image, load_rgb
@@ -147,6 +148,7 @@ class ShardWriter:
         tmp = shards / (_shard_name(shard) + ".tmp")
         pq.write_table(table, tmp)
         tmp.replace(shards / _shard_name(shard))
+        storage.publish(shards / _shard_name(shard))  # under an object store, from the node that wrote it
         bad = sum(not r["ok"] for r in records)
         secs = time.monotonic() - t0
         log.info("preprocess shard %d: %d images, %d bad, %.1f s", shard, len(records), bad, secs)
@@ -174,7 +176,7 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
         checkpoint: The checkpoint whose image processor tiles (default ``cfg.model.checkpoint``).
         use_ray: Ray Data (True) or this process (False).
     """
-    out = Path(out)
+    out = storage.fetch(out)  # under an object store: the shards done so far, to skip them
     out.mkdir(parents=True, exist_ok=True)
     pcfg = cfg.preprocess
     checkpoint = checkpoint or cfg.model.checkpoint
@@ -210,12 +212,15 @@ def run_preprocess(cfg: LavicConfig, catalog_root: str | Path, out: str | Path, 
         writer = ShardWriter(**kwargs)
         done = [writer.process(k, shards[k]) for k in todo]
     seconds = time.monotonic() - t0
-    return _report(out, plan, done, seconds)
+    storage.fetch(out, refresh=True)  # every node's shards
+    report = _report(out, plan, done, seconds)
+    storage.publish(out)
+    return report
 
 
 def shard_rows(out: str | Path, columns: list[str]):
     """Every row of every finished shard under ``out``, in shard order, with these columns."""
-    for p in sorted((Path(out) / "shards").glob("part-*.parquet")):
+    for p in sorted((storage.fetch(out) / "shards").glob("part-*.parquet")):
         yield from pq.read_table(p, columns=columns).to_pylist()
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from lavic_ray import storage
 from lavic_ray.data.records import Conversation, Item, plain_text
 
 INDEX_META = "retriever.json"
@@ -118,12 +119,13 @@ class Retriever(ABC):
         self._save(d)
         meta = {"kind": self.kind, "item_ids": self.item_ids, **self._meta()}
         (d / INDEX_META).write_text(json.dumps(meta))
+        storage.publish(d)
         return d
 
     @staticmethod
     def load(directory: str | Path) -> "Retriever":
         """Load an index written by :meth:`save`, whatever its kind."""
-        d = Path(directory)
+        d = storage.fetch(directory)  # under an object store: downloaded once to this node's mirror
         meta_file = d / INDEX_META
         if not meta_file.is_file():
             raise FileNotFoundError(f"no retriever index in {d} (missing {INDEX_META})")

@@ -158,11 +158,16 @@ class ServeArgs(BaseModel):
                                                "float rounding); false keeps the adapter separate")
 
     def resolved(self, base: str | Path | None = None) -> "ServeArgs":
-        """A copy with every path made absolute (so replicas on any node read the same files)."""
+        """A copy with every path made absolute (so replicas on any node read the same files); an object-store URI
+        (``s3://...``: a stage-2 run under such a storage root) stays as it is."""
+        from lavic_ray import storage
+
         base = Path(base) if base is not None else Path.cwd()
 
         def fix(p):
-            return None if p is None else str((base / Path(p).expanduser()).resolve())
+            if p is None or storage.is_remote(p):
+                return p
+            return str((base / Path(p).expanduser()).resolve())
 
         upd = {k: fix(getattr(self, k)) for k in ("stage2_dir", "table", "catalog", "index")}
         if self.checkpoint and Path(base / self.checkpoint).exists():
@@ -177,6 +182,8 @@ class ServeArgs(BaseModel):
             need.append(("table", self.table, "lavic embed"))
         if self.index:
             need.append(("index", self.index, "lavic index"))
+        from lavic_ray import storage
+
         for name, path, how in need:
-            if not Path(path).exists():
+            if not storage.exists(path):
                 raise InputMissing(f"serve args: {name} {path} does not exist (made by {how})")

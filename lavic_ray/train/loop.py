@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from lavic_ray import storage
 from lavic_ray.artifacts import atomic_write_text
 from lavic_ray.config import StageConfig
 from lavic_ray.errors import InvalidInput
@@ -234,6 +235,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
         if not reporter.owns_best and (cfg.keep == "last" or not (out_dir / "adapter").is_dir()):  # the last (or no validation ran)
             task.save_adapter(module, out_dir / "adapter")
             (out_dir / "adapter_step.json").write_text(json.dumps({"step": state.step, "kept": "last"}))
+        for name in ("adapter", "adapter_step.json", "resumed.json", "progress.json", "history.json"):  # history last
+            storage.publish(out_dir / name)  # under an object store (nothing to do on a shared volume)
     return final
 
 
@@ -247,9 +250,9 @@ def _write_progress(out_dir: Path, state: TrainState, total: int, loss: float, e
         if key:
             status += f", {key} {valid[key]:.3f} at step {valid['step']}"
     done = state.step - start_step
-    atomic_write_text(out_dir / "progress.json", json.dumps({
+    storage.publish(atomic_write_text(out_dir / "progress.json", json.dumps({
         "step": state.step, "total": total, "loss": loss, "status": status, "elapsed_s": round(elapsed, 1),
-        "eta_s": round(elapsed / done * (total - state.step), 1) if done else None}))
+        "eta_s": round(elapsed / done * (total - state.step), 1) if done else None})))
 
 
 def _grow_threads(name: str) -> None:

@@ -184,6 +184,8 @@ def make_tracker(cfg, stage_dir: Path, run_name: str, params: dict, storage_root
     if cfg.backend == "tensorboard":
         return TensorBoardTracker(Path(cfg.uri) / run_name if cfg.uri else Path(stage_dir) / "tensorboard", params)
     if cfg.backend == "mlflow":
-        uri = cfg.uri or Path(storage_root, "mlruns").resolve().as_uri()
+        from lavic_ray import storage
+
+        uri = cfg.uri or (storage.local(storage_root) / "mlruns").resolve().as_uri()
         return MLflowTracker(uri, cfg.experiment, run_name, params)
     return Tracker()

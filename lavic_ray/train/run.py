@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from lavic_ray import storage
 from lavic_ray.artifacts import write_config
 from lavic_ray.config import LavicConfig, StageConfig
 from lavic_ray.train.reporting import SCORE_KEY
@@ -55,11 +56,13 @@ def run_local(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | 
     from lavic_ray.train.loop import train
     from lavic_ray.train.reporting import LocalReporter
 
-    out_dir = Path(out_dir)
+    out_dir = storage.fetch(out_dir)  # under an object store: the run so far (its checkpoints), to resume from
     write_config(out_dir, cfg)
     torch.manual_seed(stage_config(cfg, stage).seed)  # the fresh LoRA's initialisation
     task = _make_task(stage, cfg, str(table) if table else None)
-    return train(task, stage_config(cfg, stage), LocalReporter(out_dir / "run"), out_dir, _tracker(stage, cfg, out_dir))
+    final = train(task, stage_config(cfg, stage), LocalReporter(out_dir / "run"), out_dir, _tracker(stage, cfg, out_dir))
+    storage.publish(out_dir / "run")
+    return final
 
 
 def _worker(config: dict) -> None:
@@ -156,7 +159,7 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
     ranked = scfg.keep == "best"
     run_config = RunConfig(
         name="run",
-        storage_path=str(out_dir / "ray"),
+        **storage.train_storage(out_dir / "ray"),  # a folder, or the object store itself
         # ranked: the best 2 by validation score (Ray also keeps the latest, to resume from); else the last 2
         checkpoint_config=CheckpointConfig(num_to_keep=2, checkpoint_score_attribute=SCORE_KEY if ranked else None,
                                            checkpoint_score_order="max"),
@@ -208,5 +211,7 @@ def install_adapter(result, out_dir: Path, ranked: bool) -> Path:
     info = {"step": metrics.get("step"), "kept": kept, "checkpoint": ckpt.path}
     info.update({k: v for k, v in metrics.items() if k.startswith("valid_")})
     (out_dir / "adapter_step.json").write_text(json.dumps(info))
+    storage.publish(final)
+    storage.publish(out_dir / "adapter_step.json")
     log.info("adapter: the %s checkpoint (step %s) -> %s", kept, info["step"], final)
     return final
