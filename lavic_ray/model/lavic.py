@@ -40,6 +40,19 @@ def _unwrap(vlm: nn.Module) -> nn.Module:
     return get() if callable(get) else vlm
 
 
+def gathered(params: list):
+    """A context in which ZeRO-3-sharded parameters are whole (``deepspeed.zero.GatheredParameters``, a collective
+    every rank enters); nothing to do for ordinary parameters."""
+    import contextlib
+
+    sharded = [p for p in params if hasattr(p, "ds_id")]
+    if not sharded:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(sharded, modifier_rank=None)
+
+
 class LaViC(nn.Module):
     """LaViC over a (possibly LoRA-wrapped) ``LlavaNextForConditionalGeneration``.
 
@@ -66,8 +79,9 @@ class LaViC(nn.Module):
         if empty_views not in ("repeat_base", "run_padded"):
             raise ValueError(f"empty_views must be 'repeat_base' or 'run_padded', got {empty_views!r}")
         self.empty_views = empty_views
-        with torch.no_grad():
-            norm = base.get_input_embeddings().weight.float().norm(dim=-1).mean()
+        weight = base.get_input_embeddings().weight
+        with torch.no_grad(), gathered([weight]):  # under ZeRO-3 the embeddings are sharded
+            norm = weight.float().norm(dim=-1).mean()
         self.register_buffer("text_norm", norm.detach().clone(), persistent=False)
 
     # ------------------------------------------------------------------ parts

@@ -211,8 +211,8 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                 # every rank writes its own part (DeepSpeed shards); Ray Train merges what workers report
                 d = reporter.new_checkpoint_dir()
                 engine.save(d, {"train_state": state.__dict__})
+                task.save_adapter(module, d / "adapter")  # every rank: a collective under ZeRO-3; rank 0 writes
                 if rank == 0:
-                    task.save_adapter(module, d / "adapter")
                     (d / "train_state.json").write_text(json.dumps(state.__dict__))
                 reporter.report({**(metrics or {"stage": task.name, "step": state.step}),
                                  SCORE_KEY: _score(task, metrics)}, d)
@@ -226,14 +226,17 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             state.batch_in_epoch = 0
     tracker.close()
     final = state.history[-1] if state.history else {"step": state.step}
+    # under a reporter that owns the best (Ray Train) the driver installs the adapter from the run's checkpoints;
+    # otherwise the last one, or the best if a validation saved one (decided from the state, the same on every rank)
+    saved_best = cfg.keep == "best" and any(h.get("best") for h in state.history)
+    if not reporter.owns_best and not saved_best:
+        task.save_adapter(module, out_dir / "adapter")  # every rank (ZeRO-3); rank 0 writes
     if rank == 0:
         (out_dir).mkdir(parents=True, exist_ok=True)
         (out_dir / "history.json").write_text(json.dumps(state.history, indent=1))
         if state.resumed_at:
             (out_dir / "resumed.json").write_text(json.dumps({"resumed_at_steps": state.resumed_at}))
-        # under a reporter that owns the best (Ray Train) the driver installs the adapter from the run's checkpoints
-        if not reporter.owns_best and (cfg.keep == "last" or not (out_dir / "adapter").is_dir()):  # the last (or no validation ran)
-            task.save_adapter(module, out_dir / "adapter")
+        if not reporter.owns_best and not saved_best:
             (out_dir / "adapter_step.json").write_text(json.dumps({"step": state.step, "kept": "last"}))
         for name in ("adapter", "adapter_step.json", "resumed.json", "progress.json", "history.json"):  # history last
             storage.publish(out_dir / name)  # under an object store (nothing to do on a shared volume)
@@ -318,8 +321,9 @@ def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, e
         if better:
             state.best = value
             m["best"] = True
-            if rank == 0 and keep == "best" and write:
-                task.save_adapter(module, Path(out_dir) / "adapter")
-                (Path(out_dir) / "adapter_step.json").write_text(json.dumps({"step": state.step, task.best_metric: value}))
+            if keep == "best" and write:
+                task.save_adapter(module, Path(out_dir) / "adapter")  # every rank (ZeRO-3); rank 0 writes
+                if rank == 0:
+                    (Path(out_dir) / "adapter_step.json").write_text(json.dumps({"step": state.step, task.best_metric: value}))
     log.info("%s validation at step %d: %s", task.name, state.step, {k: round(v, 4) if isinstance(v, float) else v for k, v in m.items()})
     return m

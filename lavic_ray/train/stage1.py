@@ -23,6 +23,7 @@ from lavic_ray.errors import InvalidInput
 from lavic_ray.model.build import prompt_builder
 from lavic_ray.model.prompts import collate
 from lavic_ray.model.views import ViewCache
+from lavic_ray.model.lavic import gathered
 from lavic_ray.train.common import label_tokens, save_adapter, trainable_lavic
 from lavic_ray.train.loop import Task
 
@@ -130,9 +131,10 @@ class Stage1Task(Task):
         self._views = ViewCache(self.ck.image_processor, missing=cfg.model.missing_image)
         if self.scfg.word_alignment > 0:
             texts = sorted({e.description for e in self.train_set})
-            with torch.no_grad():
-                emb = self.model.base.get_input_embeddings().weight.detach()
-                self._targets = description_targets(texts, self.ck.tokenizer, emb).to(emb.device)
+            weight = self.model.base.get_input_embeddings().weight
+            with torch.no_grad(), gathered([weight]):  # under ZeRO-3 the embeddings are sharded
+                emb = weight.detach().clone()
+            self._targets = description_targets(texts, self.ck.tokenizer, emb).to(emb.device)
             self._row = {t: i for i, t in enumerate(texts)}
             self._generator = torch.Generator().manual_seed(self.scfg.seed)
 

@@ -1,4 +1,4 @@
-"""Both stages on Ray Train with DeepSpeed on 2 CPU workers (tiny model), the embed job between."""
+"""Both stages on Ray Train with DeepSpeed on 2 CPU workers (tiny model; stage 2 with ZeRO-3), the embed job between."""
 
 import json
 
@@ -31,8 +31,8 @@ def test_stage1_embed_stage2_on_ray_train_with_deepspeed(tmp_path, tiny_dir, syn
     from lavic_ray.train.run import run_ray
 
     common = [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}", "embed.batch_size=32", *BOUNDED]
-    for s in ("stage1", "stage2"):
-        common += [f"{s}.num_workers=2", f"{s}.engine.kind=deepspeed", f"{s}.engine.zero_stage=2", f"{s}.log_every=1",
+    for s, zero in (("stage1", 2), ("stage2", 3)):  # stage 2 with ZeRO-3: the model built sharded over the 2 workers
+        common += [f"{s}.num_workers=2", f"{s}.engine.kind=deepspeed", f"{s}.engine.zero_stage={zero}", f"{s}.log_every=1",
                    f"{s}.eval_limit=4", f"{s}.engine.micro_batch_size=2", f"{s}.max_steps=3", f"{s}.max_length=512"]
     cfg = load_config(None, common + ["stage2.eval_every=1"])
     r1 = run_ray("stage1", cfg, tmp_path / "stage1")

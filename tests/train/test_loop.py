@@ -537,3 +537,28 @@ def test_a_users_deepspeed_json_is_merged_over_the_computed_config(tmp_path):
     user.write_text("{not json")
     with pytest.raises(InvalidInput, match="is not JSON"):
         deepspeed_config(cfg, lr=2e-4, weight_decay=0.0, warmup_steps=0)
+
+
+def test_zero3_builds_the_model_sharded_and_saves_a_whole_adapter(tmp_path, tiny_dir, synth_root):
+    """engine.zero_stage=3: the checkpoint is built under deepspeed.zero.Init (each worker holds only its shard of
+    the frozen weights), trains, and the LoRA adapter it saves is whole (gathered before it is written)."""
+    pytest.importorskip("deepspeed")
+    import torch
+    from safetensors.torch import load_file
+
+    from lavic_ray.train.common import trainable_lavic
+
+    cfg = load_config(None, [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}", "stage2.engine.kind=deepspeed",
+                             "stage2.engine.zero_stage=3", "stage2.engine.micro_batch_size=2", "stage2.max_steps=2",
+                             "stage2.eval_every=2", "stage2.eval_limit=4", "stage2.max_length=512", "stage2.log_every=1",
+                             "stage2.use_images=false"])
+    model, _ = trainable_lavic(cfg, cfg.stage2, "llm")
+    weight = model.base.get_input_embeddings().weight
+    assert weight.numel() == 0 and tuple(weight.ds_shape) == (1024, 64)  # sharded from the start, never whole here
+    assert torch.isfinite(model.text_norm) and float(model.text_norm) > 0  # read from the gathered embeddings
+    del model
+    run_local("stage2", cfg, tmp_path / "s2")
+    tensors = load_file(str(next((tmp_path / "s2" / "adapter").rglob("adapter_model.safetensors"))))
+    lora_a = [t for k, t in tensors.items() if "lora_A" in k]
+    assert lora_a and all(t.numel() > 0 and t.shape[0] == cfg.stage2.lora.r for t in lora_a)
+    assert json.loads((tmp_path / "s2" / "history.json").read_text())[-1]["step"] == 2
