@@ -23,10 +23,6 @@ def train_device(stage_cfg: StageConfig) -> str | None:
     return None
 
 
-#: keeps the ZeRO-3 config transformers reads while it builds a model (it holds only a weak reference)
-_ZERO3: list = []
-
-
 def zero3_config(stage_cfg: StageConfig) -> dict | None:
     """The DeepSpeed config of a stage that trains with ZeRO-3 (``engine.zero_stage: 3``, or a DeepSpeed JSON that
     says stage 3), else None."""
@@ -54,11 +50,15 @@ def trainable_lavic(cfg: LavicConfig, stage_cfg: StageConfig, where: Literal["vi
 
     ensure_process_group(collective_backend(cuda_available()))  # zero.Init shards over the process group
     os.environ.setdefault("DS_ACCELERATOR", "cuda" if cuda_available() else "cpu")
-    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
 
-    _ZERO3[:] = [HfDeepSpeedConfig(ds)]
-    return build_lavic(cfg.model, train_lora=where, lora=stage_cfg.lora,
-                       gradient_checkpointing=stage_cfg.engine.gradient_checkpointing, device=None)
+    zero3 = HfDeepSpeedConfig(ds)  # transformers holds a weak reference: alive while the model is built, and no longer
+    try:
+        return build_lavic(cfg.model, train_lora=where, lora=stage_cfg.lora,
+                           gradient_checkpointing=stage_cfg.engine.gradient_checkpointing, device=None)
+    finally:
+        del zero3
+        unset_hf_deepspeed_config()  # a later model of this process (evaluation, another run) is built whole
 
 
 def save_adapter(module: torch.nn.Module, directory: Path) -> None:

@@ -562,3 +562,13 @@ def test_zero3_builds_the_model_sharded_and_saves_a_whole_adapter(tmp_path, tiny
     lora_a = [t for k, t in tensors.items() if "lora_A" in k]
     assert lora_a and all(t.numel() > 0 and t.shape[0] == cfg.stage2.lora.r for t in lora_a)
     assert json.loads((tmp_path / "s2" / "history.json").read_text())[-1]["step"] == 2
+
+
+def test_after_a_zero3_run_models_are_built_whole_again(tiny_dir):
+    """The ZeRO-3 switch transformers reads is process-wide: it must not outlive the build of the model it was for."""
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    from lavic_ray.model.checkpoints import load_checkpoint
+
+    assert not is_deepspeed_zero3_enabled()
+    assert load_checkpoint(str(tiny_dir)).model.get_input_embeddings().weight.numel() > 0
