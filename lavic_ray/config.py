@@ -244,7 +244,7 @@ class PromptsConfig(Strict):
     whole text, on byte-level BPE and SentencePiece tokenizers alike), with each ``{image}`` as the
     checkpoint's image token 5 times (the item's vectors replace them) - or nothing, for a run
     without images. The defaults are lavic-ray's; ``jobs/configs/paper_prompts.yaml`` holds the
-    reference's, and README lists every difference.
+    reference's, and docs/paper.md lists every difference.
     """
 
     bos: Literal["tokenizer", "always", "never"] = Field(

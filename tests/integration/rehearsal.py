@@ -168,7 +168,9 @@ class FakeCluster:
                     "RAY_USAGE_STATS_ENABLED": "0",
                     # the image's python is this one (``python jobs/...`` in the entrypoints finds Ray and lavic-ray)
                     "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
-        self.env.pop("RAY_ADDRESS", None)
+        # Ray's state API finds a cluster through RAY_ADDRESS, else through the default temp dir's address file, which
+        # this cluster (its own temp dir) does not write: Ray Train's placement-group cleaner asks it on every run
+        self.env["RAY_ADDRESS"] = f"{_node_ip()}:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.address = None
 

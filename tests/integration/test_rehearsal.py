@@ -110,7 +110,7 @@ class Rehearsal:
             status = str(client.get_job_status(job))
             if status in ("SUCCEEDED", "FAILED", "STOPPED"):
                 break
-            time.sleep(2)
+            time.sleep(0.5)
         return status, client.get_job_logs(job)
 
     def deploy(self, serve_config: dict) -> None:
@@ -123,7 +123,7 @@ class Rehearsal:
                 return
             if status in ("DEPLOY_FAILED", "UNHEALTHY"):
                 raise AssertionError(f"the Serve app is {status}: {json.dumps(apps['lavic'])[:3000]}")
-            time.sleep(2)
+            time.sleep(0.5)
         raise AssertionError(f"the Serve app did not come up: {json.dumps(apps)[:3000]}")
 
 
