@@ -76,8 +76,6 @@ def summarise(workdir: Path, results: dict, seconds: float) -> dict:
         if "learned" in r:
             out.setdefault("stage2", {})[name] = {"learned": r["learned"], "valid_curve": r["valid_curve"],
                                                   "steps": max((s for s, _ in r["valid_curve"]), default=0)}
-            if "attempts" in r:  # stage2.attempts > 1
-                out["stage2"][name]["attempts"] = r["attempts"]
     probe = workdir / "probe.json"
     if probe.is_file():
         p = json.loads(probe.read_text())

@@ -1,6 +1,6 @@
 """What the CPU benchmarks that reuse a quickstart work directory share: its check, and the stage-2 run they time.
 
-``bench/cpu_lanes.py`` and ``bench/prefix_sharing.py`` both time the quickstart preset's stage 2 on a
+``bench/prefix_sharing.py`` times the quickstart preset's stage 2 on a
 finished quickstart (its catalog, small model and distilled item table) as ``lavic recommend --no-ray``
 processes with validation off, and read each run's samples/s from its ``--json`` summary.
 """

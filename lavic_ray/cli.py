@@ -102,7 +102,7 @@ def cmd_synth(args) -> int:
     from lavic_ray.data.synthetic import generate
     from lavic_ray.retrieval import make_retriever
 
-    cfg = _load(args, [f"synth.{k}={getattr(args, k)}" for k in ("items", "conversations", "scheme", "image_size", "motif_scale")
+    cfg = _load(args, [f"synth.{k}={getattr(args, k)}" for k in ("items", "conversations", "scheme", "image_size")
                        if getattr(args, k) is not None]
                 + ([f"synth.decisive=[{args.decisive}]"] if args.decisive is not None else [])
                 + ([f"synth.seed={args.synth_seed}"] if args.synth_seed is not None else []))
@@ -177,7 +177,7 @@ def cmd_small_model(args) -> int:
 
     sm_keys = {k: f"small_model.{k}" for k in ("epochs", "lr", "batch_size", "max_images", "llm_lora_r",
                                                  "contrastive_epochs", "vision_image_size", "tower_lr_scale", "step_budget",
-                                                 "contrastive_step_budget", "vision_teacher", "teacher_weight")} | {"model_seed": "small_model.seed"}
+                                                 "contrastive_step_budget")} | {"model_seed": "small_model.seed"}
     cfg = _load(args, _flag_overrides(args, sm_keys))
     with _long_command(args, args.out, "small-model") as console:
         with console.step("small model"):
@@ -407,8 +407,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", choices=["products", "gadgets"], help="synth.scheme: products (default: decisive colour "
                    "and pattern, 672 px) or gadgets (other objects; decisive motif and build; 336 px)")
     p.add_argument("--image-size", type=int, help="synth.image_size (default: the scheme's)")
-    p.add_argument("--motif-scale", type=float, help="synth.motif_scale: gadgets only, the motif's size as a multiple of "
-                                                     "the default (1.0)")
     p.add_argument("--decisive", help="synth.decisive: gadgets only, the two attributes a request asks for, comma-separated, "
                                       "of motif, build and colour (default: motif,build)")
     p.add_argument("--force", action="store_true", help="replace a previous synthetic dataset in --out")
@@ -447,8 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     for flag, kind in (("epochs", int), ("lr", float), ("batch-size", int), ("max-images", int), ("llm-lora-r", int),
                        ("contrastive-epochs", int), ("vision-image-size", int), ("tower-lr-scale", float),
-                       ("step-budget", int), ("contrastive-step-budget", int), ("vision-teacher", str),
-                       ("teacher-weight", float)):
+                       ("step-budget", int), ("contrastive-step-budget", int)):
         key = flag.replace("-", "_")
         p.add_argument(f"--{flag}", type=kind, help=f"small_model.{key}: {sm[key].description or ''} "
                                                     f"(default {sm[key].default})")

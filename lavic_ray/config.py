@@ -82,29 +82,17 @@ class SynthConfig(Strict):
                                 "or 'gadgets' (bottles, clocks, ...; decisive motif and build, colour a distractor)")
     image_size: int | None = Field(None, ge=112, description="square image side; None: the scheme's (products 672, which "
                                                              "gives LLaVA-Next 5 views; gadgets 336)")
-    motif_scale: float = Field(1.0, gt=0, le=2.0, description="gadgets only: the motif's size as a multiple of the "
-                                                              "default (a radius of ~30% of the body's smaller side); measured, "
-                                                              "the quickstart's small model names the motif no better "
-                                                              "than chance at 1.0-2.0x, even from all its image tokens "
-                                                              "(bench/RESULTS.md, 'The gadgets motif, continued')")
     decisive: list[str] | None = Field(None, description="gadgets only: the two attributes a request asks for, of motif, "
                                                           "build and colour (None: motif and build); the third stays a "
                                                           "visible, described distractor")
-    jpeg_quality: int = Field(90, ge=50, le=100)
     split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
     #: Disjoint item pools: a split's ground truth and candidates come from its own pool,
     #: so valid/test ground-truth items never occur in a training conversation.
     pools: Fractions = Fractions(train=0.60, valid=0.15, test=0.25)
-    num_candidates: int = Field(10, ge=2)
     gt_in_candidates: float = Field(0.9, ge=0, le=1, description="share of valid/test lists holding the ground truth (train: all)")
-    isbn_fraction: float = Field(0.1, ge=0, le=1, description="share of ISBN-10-shaped IDs")
-    duplicate_fraction: float = Field(0.06, ge=0, le=1, description="share of items that copy another's colour+pattern (multi-item ground truth)")
-    second_image_fraction: float = Field(0.1, ge=0, le=1, description="share of items with a second image")
 
     @model_validator(mode="after")
-    def _motif_scale_needs_gadgets(self) -> "SynthConfig":
-        if self.motif_scale != 1.0 and self.scheme != "gadgets":
-            raise ValueError(f"synth.motif_scale applies to the gadgets scheme only (scheme is {self.scheme!r})")
+    def _decisive_needs_gadgets(self) -> "SynthConfig":
         if self.decisive is not None:
             if self.scheme != "gadgets":
                 raise ValueError(f"synth.decisive applies to the gadgets scheme only (scheme is {self.scheme!r})")
@@ -134,10 +122,6 @@ class RetrievalConfig(Strict):
     device: str = "cpu"
     batch_size: int = Field(128, ge=1)
     item_text: Literal["title", "title+description"] = "title"
-    bm25_k1: float = 1.5
-    bm25_b: float = 0.75
-    bm25_stem: str | None = "english"
-    top_k: int = Field(10, ge=1)
 
 
 class LavicRun(Strict):
@@ -209,11 +193,6 @@ class SmallModelConfig(Strict):
     tower_lr_scale: float = Field(0.0, ge=0, description="the vision tower's learning rate in the full-token step, as a "
                                                          "fraction of lr (0: frozen after its contrastive step, as LLaVA keeps "
                                                          "its CLIP tower; 1: trained in full, as before preset v5)")
-    vision_teacher: Literal["none", "efficientnet-lite0"] = Field(
-        "none", description="a pretrained image network whose features of each view the fresh tower also learns to "
-                            "predict in its contrastive step (none: the captions alone; efficientnet-lite0: ImageNet-"
-                            "pretrained, installed with lavic-ray); used while building only")
-    teacher_weight: float = Field(1.0, ge=0, description="weight of the vision teacher's term in the contrastive step")
     vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
@@ -347,8 +326,6 @@ class StageConfig(Strict):
     placement: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
         "PACK", description="the Ray Train workers' placement group: STRICT_PACK keeps a multi-GPU run on one node "
                             "(NVLink, one shared-memory copy), SPREAD over nodes, PACK packs where it can")
-    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="torch.distributed backend (auto: nccl on GPUs, "
-                                                                         "gloo on CPUs)")
     elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when CPUs of "
                                                      "its node fall idle (a run beside it finished), up to the node's")
     log_every: int = Field(10, ge=1)
@@ -362,8 +339,6 @@ class StageConfig(Strict):
     min_delta: float = Field(0.0, ge=0, description="early stopping: the smallest change of the validation metric that "
                                                     "counts as an improvement")
     min_steps: int = Field(0, ge=0, description="early stopping: never before this optimizer step")
-    max_minutes: float | None = Field(None, gt=0, description="stop at the first validation after this much training "
-                                                              "time (None: no time cap); max_steps stays the step cap")
     group_by_length: bool = Field(True, description="micro-batches of similar-length examples (less padding): each "
                                                     "window of 32 shuffled micro-batches is sorted by length, then the "
                                                     "window's micro-batches are shuffled again")
@@ -381,7 +356,6 @@ class StageConfig(Strict):
 class Stage1Config(StageConfig):
     """Visual knowledge self-distillation (paper: r 8, alpha 32, dropout 0.1, lr 5e-5, wd 1e-5, 5 epochs, batch 4)."""
 
-    valid_fraction: float = Field(0.1, gt=0, lt=1, description="share of images held out for validation perplexity")
     split: Literal["heldout", "files"] = Field(
         "heldout", description="heldout: a deterministic valid_fraction of the items (hashed IDs), from both metadata "
                                "files (lavic-ray); files: train on item2meta_train.json's items, validate on "
@@ -392,9 +366,6 @@ class Stage1Config(StageConfig):
                                "softmax over descriptions of the cosine between the vector and each description's mean "
                                "input embedding (centred on the catalog's mean), its own as the target. Vectors near "
                                "their attribute words are what stage 2 learns to match from quickly (bench/RESULTS.md)")
-    word_alignment_temperature: float = Field(0.1, gt=0, description="the softmax temperature of word_alignment")
-    word_alignment_negatives: int = Field(1023, ge=1, description="word_alignment: descriptions besides the batch's own "
-                                                                  "that each step contrasts against (a random draw)")
 
 
 #: How a prompt prefix is shared by its candidates' continuations (lavic_ray.model.scoring).
@@ -416,12 +387,6 @@ class Stage2Config(StageConfig):
                               "= those whose item vectors are the most alike the positive's (cosine of the mean of the 5 "
                               "vectors): items told apart only by what the conversation says about their look; a "
                               "title-only run has no vectors and draws at random")
-    pointwise_loss: Literal["yes_no", "yes_no_pair", "ranking", "both"] = Field(
-        "yes_no", description="pointwise: 'yes_no' = balanced yes/no NLL per candidate over the vocabulary; 'yes_no_pair' "
-                              "= the same with ' yes' and ' no' normalised against each other alone, so only the margin "
-                              "candidates are ranked by is trained (the first steps no longer teach the answer format); "
-                              "'ranking' = softmax over a sample's candidates of log P(yes) - log P(no), the score "
-                              "candidates are ranked by; 'both' = yes_no + ranking")
     prefix_sharing: PrefixSharing = Field(
         "auto", description="how a prompt is shared by its candidates' continuations (pointwise: candidate suffixes after "
                             "the conversation, in training and scoring; listwise scoring: answers after the prompt), the "
@@ -430,23 +395,6 @@ class Stage2Config(StageConfig):
                             "per candidate; 'auto' = packed, or cache/none under FlashAttention-2, which takes no such mask")
     use_images: bool = True
     candidates_key: str = "candidates_st"
-    attempts: int = Field(
-        1, ge=1, description="lavic-ray option (1: one run, the paper's): runs of a variant's stage 2 until one leaves "
-                             "chance. An attempt whose validations are still at chance at chance_check_step (the report's "
-                             "'did not learn' test on the validations so far) stops there, is set aside as <stage dir>."
-                             "attempt<k>, and the next starts afresh with stage2.seed + k (new LoRA init, order and "
-                             "negatives); the last attempt is not checked and runs to its own end. The same rule for every "
-                             "variant, so an ablation is retried as the method is. Needs chance_check_step")
-    chance_check_step: int | None = Field(
-        None, ge=1, description="stage2.attempts > 1: from this step's validation on (the first at or after it), an "
-                                "attempt that is not the last and is still at chance stops, and the next one starts")
-
-    @model_validator(mode="after")
-    def _attempts_need_a_check(self) -> "Stage2Config":
-        if self.attempts > 1 and self.chance_check_step is None:
-            raise ValueError("stage2.attempts > 1 needs stage2.chance_check_step: the step at which an attempt still at "
-                             "chance gives way to the next")
-        return self
 
 
 class JobConfig(Strict):
@@ -509,8 +457,6 @@ class TuneConfig(Strict):
     #: ASHA: trials are compared at these report steps and the worst stopped early
     grace_period: int = Field(1, ge=1, description="reports before a trial may be stopped")
     reduction_factor: int = Field(2, ge=2)
-    cpus_per_trial: float = Field(0.05, gt=0, description="CPUs held by each trial's driver, which only waits on its Ray "
-                                                         "Train workers; concurrent trials need this + their workers' CPUs each")
     seed: int = 0
 
 

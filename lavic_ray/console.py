@@ -83,15 +83,23 @@ class Console:
 
     @contextlib.contextmanager
     def progress(self, total: int | None, desc: str, unit: str = "it"):
-        """A progress bar with an ETA while the block runs (tqdm; in a log or a pipe, a plain line now and
-        then). Bars of concurrent steps (stage-2 runs side by side) take a row each."""
+        """A progress bar with an ETA while the block runs: tqdm on a terminal (bars of concurrent steps, such as
+        stage-2 runs side by side, take a row each); in a log or a pipe (CI, ``> log``), a plain line every
+        ``PLAIN_EVERY_S`` seconds and at the end, never carriage-return frames."""
         from tqdm import tqdm
 
+        if not self.tty:
+            bar = _PlainProgress(self, total, desc, unit)
+            try:
+                yield bar
+            finally:
+                bar.close()
+            return
         with self._lock:
             row = min(set(range(len(self._rows) + 1)) - self._rows)
             self._rows.add(row)
-        bar = tqdm(total=total, desc=f"  {desc}", unit=unit, file=self.err, disable=not self.enabled, leave=not self.tty,
-                   dynamic_ncols=True, mininterval=0.5 if self.tty else 60.0, ascii=not self.tty, position=row)
+        bar = tqdm(total=total, desc=f"  {desc}", unit=unit, file=self.err, disable=not self.enabled, leave=False,
+                   dynamic_ncols=True, mininterval=0.5, position=row)
         try:
             yield bar
         finally:
@@ -131,6 +139,52 @@ class Console:
         finally:
             stop.set()
             t.join(timeout=5)
+
+
+#: where progress is not on a terminal: a plain line this often (seconds)
+PLAIN_EVERY_S = 30.0
+
+
+class _PlainProgress:
+    """tqdm's surface that a step uses (``update``, ``n``, ``total``, ``set_postfix_str``, ``refresh``, ``close``),
+    written as a plain line now and then: ``  stage 1: 120/210 steps (57%), 4m10s, ETA 3m08s, loss 1.234``."""
+
+    def __init__(self, console: Console, total: int | None, desc: str, unit: str):
+        self.console, self.total, self.desc, self.unit = console, total, desc, unit
+        self.n, self.postfix = 0, ""
+        self.t0 = self.last = time.monotonic()
+        self.printed_n = None
+
+    def update(self, k: int = 1) -> None:
+        self.n += k
+        self.refresh()
+
+    def set_postfix_str(self, s: str, refresh: bool = True) -> None:
+        self.postfix = s
+        if refresh:
+            self.refresh()
+
+    def refresh(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last < PLAIN_EVERY_S:
+            return
+        self.last = now
+        if self.printed_n == self.n and not force:
+            return
+        self.printed_n = self.n
+        elapsed = now - self.t0
+        done = f"{self.n}/{self.total} {self.unit}s" if self.total else f"{self.n} {self.unit}s"
+        pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
+        eta = (f", ETA {fmt_seconds(elapsed / self.n * (self.total - self.n))}"
+               if self.total and 0 < self.n < self.total else "")
+        line = f"  {self.desc}: {done}{pct}, {fmt_seconds(elapsed)}{eta}" + (f", {self.postfix}" if self.postfix else "")
+        if self.console.enabled:
+            with self.console._lock:
+                print(line[:160], file=self.console.err, flush=True)
+
+    def close(self) -> None:
+        if self.n and self.printed_n != self.n:
+            self.refresh(force=True)
 
 
 def worker_logging() -> None:

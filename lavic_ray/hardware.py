@@ -45,11 +45,9 @@ def resolve_device(device: str | None) -> str | None:
     return device
 
 
-def collective_backend(use_gpu: bool, requested: str = "auto") -> str:
+def collective_backend(use_gpu: bool) -> str:
     """torch.distributed backend of a run, from its config (a driver on a CPU head starts workers on GPU nodes):
     nccl for GPU runs, gloo for CPU runs and under the switch."""
-    if requested != "auto":
-        return requested
     return "nccl" if use_gpu and not force_cpu() else "gloo"
 
 

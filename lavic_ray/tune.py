@@ -37,6 +37,8 @@ from lavic_ray.errors import InputMissing, UserError
 log = logging.getLogger(__name__)
 
 DISTRIBUTIONS = ("loguniform", "uniform", "choice", "randint")
+#: CPUs each trial's driver holds (it only waits on its Ray Train workers)
+TRIAL_DRIVER_CPUS = 0.05
 
 
 def apply(cfg: LavicConfig, values: dict) -> LavicConfig:
@@ -113,7 +115,7 @@ def run_tune(cfg: LavicConfig, art: Artifacts) -> dict:
     trainable = tune.with_parameters(_trial, base=absolute_paths(cfg).model_dump(mode="json"), stage=t.stage,
                                      table=str(Path(table).resolve()) if table else None, trials_dir=str(trials_dir))
     tuner = tune.Tuner(
-        tune.with_resources(trainable, {"cpu": t.cpus_per_trial, **cfg.placement.cpu_resources()}),
+        tune.with_resources(trainable, {"cpu": TRIAL_DRIVER_CPUS, **cfg.placement.cpu_resources()}),
         param_space=space,
         tune_config=tune.TuneConfig(
             metric=t.metric, mode=t.mode, num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials,

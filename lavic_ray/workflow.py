@@ -245,63 +245,9 @@ def stage2(cfg: LavicConfig, art: Artifacts, name: str, out: Path | None = None,
     if table is not None and not storage.exists(table):
         raise InputMissing(f"stage 2 ({name}) reads {table}, which is missing (run jobs/embed.py or lavic embed)")
     d = Path(out or art.stage2(name))
-    _attempts(vcfg, d, lambda acfg: run_stage("stage2", acfg, d, table, use_ray=use_ray), name)
+    if not stage_done(d):
+        run_stage("stage2", vcfg, d, table, use_ray=use_ray)
     return LavicRun(stage2_dir=str(d), table=str(table) if table else None)
-
-
-ATTEMPTS_FILE = "attempts.json"
-
-
-def attempt_dir(d: Path, k: int) -> Path:
-    """Where attempt ``k`` (1-based) of the stage-2 run ``d`` is kept once a later attempt replaced it."""
-    return d.with_name(f"{d.name}.attempt{k}")
-
-
-def _attempts(vcfg: LavicConfig, d: Path, run: Callable[[LavicConfig], object], name: str) -> None:
-    """Stage 2 into ``d`` under ``stage2.attempts``: an attempt still at chance at ``chance_check_step`` (it stopped
-    there) is moved to ``<d>.attempt<k>`` and the next starts with ``stage2.seed + k``; ``<d>/attempts.json`` lists every
-    attempt. Resumes where it stopped: the attempts already set aside are counted, and a half-done run in ``d`` is the
-    next attempt's."""
-    import json
-
-    from lavic_ray import console
-    from lavic_ray.eval.metrics import learning_verdict
-
-    s = vcfg.stage2
-    if s.attempts == 1:  # one run, as before attempts existed (the paper's)
-        if not stage_done(d):
-            run(vcfg)
-        return
-    done = 0
-    while attempt_dir(d, done + 1).is_dir():
-        done += 1
-    for k in range(done, s.attempts):
-        last = k == s.attempts - 1
-        # the last attempt is one unchecked run: its config (re-validated wherever it trains) says so
-        acfg = vcfg.model_copy(update={"stage2": s.model_copy(update={"seed": s.seed + k, **(
-            {"attempts": 1, "chance_check_step": None} if last else {})})})
-        if not stage_done(d):
-            run(acfg)
-        history = json.loads((d / "history.json").read_text())
-        v = learning_verdict(history)
-        if last or v["learned"] is not False or max((int(h["step"]) for h in history), default=0) < s.chance_check_step:
-            break  # it left chance, or it ended before the check (a run shorter than chance_check_step runs once)
-        curve = ", ".join(f"{h:.2f}" for _, h in v["valid_curve"])
-        console.get().line(f"stage 2 of {name}, attempt {k + 1} of {s.attempts} (seed {s.seed + k}): validation HR@1 still "
-                           f"at chance ({curve} at steps {', '.join(str(st) for st, _ in v['valid_curve'])}); set aside as "
-                           f"{attempt_dir(d, k + 1).name}, attempt {k + 2} starts with seed {s.seed + k + 1}")
-        d.rename(attempt_dir(d, k + 1))
-    if stage_done(d):
-        rows = []
-        for k in range(1, s.attempts + 1):
-            a = attempt_dir(d, k) if attempt_dir(d, k).is_dir() else d
-            history = json.loads((a / "history.json").read_text())
-            v = learning_verdict(history)
-            rows.append({"attempt": k, "seed": s.seed + k - 1, "dir": a.name, "learned": v["learned"],
-                         "steps": max((int(h["step"]) for h in history), default=0), "valid_curve": v["valid_curve"]})
-            if a == d:
-                break
-        (d / ATTEMPTS_FILE).write_text(json.dumps(rows, indent=1))
 
 
 def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), timed: Timed = _call) -> dict[str, LavicRun]:
@@ -312,7 +258,7 @@ def stage2_variants(cfg: LavicConfig, art: Artifacts, names=tuple(VARIANTS), tim
     the autoscaler has added the nodes they ask for, so this never reads what the cluster holds (a GPU group may
     be at zero when the job starts). With ``stage2.elastic_threads`` (CPU runs on one machine) a last, smaller wave
     gets the idle CPUs shared out (more torch threads each), so no core idles: on the 2-core default two
-    single-threaded runs side by side do 1.34x the work of one two-threaded run (bench/cpu_lanes.py), then the
+    single-threaded runs side by side do 1.34x the work of one two-threaded run (bench/RESULTS.md), then the
     title-only run takes both cores. The settings that shape learning (micro-batch, steps, learning rate) are the
     same in any wave. Each run keeps its own checkpoints, so an interrupted set resumes run by run; every run of a
     wave finishes before the first error (if any) is raised.

@@ -13,10 +13,10 @@ def test_defaults_round_trip_through_yaml(tmp_path):
 def test_yaml_then_dotted_overrides(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("synth:\n  items: 100\n  seed: 3\neval:\n  ks: [1, 3]\n")
-    cfg = load_config(p, ["synth.items=200", "eval.methods=[random]", "retrieval.bm25_stem=null"])
+    cfg = load_config(p, ["synth.items=200", "eval.methods=[random]", "dataset.images_dir=null"])
     assert cfg.synth.items == 200 and cfg.synth.seed == 3
     assert cfg.eval.ks == [1, 3] and cfg.eval.methods == ["random"]
-    assert cfg.retrieval.bm25_stem is None
+    assert cfg.dataset.images_dir is None
 
 
 @pytest.mark.parametrize(

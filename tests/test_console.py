@@ -73,3 +73,24 @@ def test_a_ray_task_process_writes_our_info_lines_to_its_stderr_once():
     err = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stderr
     lines = [ln for ln in err.splitlines() if "lavic_ray.model.small" in ln]
     assert len(lines) == 1 and lines[0].endswith("INFO lavic_ray.model.small: epoch 1/2")
+
+
+def test_off_a_terminal_progress_is_a_plain_line_now_and_then(monkeypatch):
+    """CI or `> log`: no carriage-return frames, a line every PLAIN_EVERY_S seconds and one at the end."""
+    err = io.StringIO()
+    c = console.Console(io.StringIO(), err)
+    assert not c.tty
+    with c.progress(4, "stage 1", "step") as bar:
+        for _ in range(4):
+            bar.update(1)
+    assert "\r" not in err.getvalue() and err.getvalue().splitlines() == [err.getvalue().splitlines()[-1]]
+    assert err.getvalue().startswith("  stage 1: 4/4 steps (100%), ")
+    monkeypatch.setattr(console, "PLAIN_EVERY_S", 0.0)
+    err.truncate(0)
+    err.seek(0)
+    with c.progress(3, "evaluate lavic", "conversation") as bar:
+        bar.set_postfix_str("x" * 300, refresh=False)
+        for _ in range(3):
+            bar.update(1)
+    lines = err.getvalue().splitlines()
+    assert len(lines) == 3 and all(len(line) <= 160 for line in lines) and "ETA" in lines[0]

@@ -17,7 +17,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "lavic_ray"
 
-TOP = ("lavic_ray.workflow", "lavic_ray.tune", "lavic_ray.quickstart", "lavic_ray.jobs", "lavic_ray.cli")
+TOP = ("lavic_ray.workflow", "lavic_ray.tune", "lavic_ray.quickstart", "lavic_ray.diagnosis", "lavic_ray.report",
+       "lavic_ray.jobs", "lavic_ray.cli")
 STAGES = ("lavic_ray.pipeline", "lavic_ray.train", "lavic_ray.eval", "lavic_ray.serve")
 CORE = ("lavic_ray.config", "lavic_ray.errors", "lavic_ray.variants", "lavic_ray.artifacts", "lavic_ray.hardware",
         "lavic_ray.storage")
@@ -33,8 +34,12 @@ FORBIDDEN = {
                            "lavic_ray.eval.methods", "lavic_ray.eval.lavic_methods", "lavic_ray.eval.probe"),
     ("lavic_ray.eval",): ("lavic_ray.pipeline", "lavic_ray.train", "lavic_ray.serve", *TOP),
     ("lavic_ray.serve",): ("lavic_ray.pipeline", "lavic_ray.train", "lavic_ray.eval", *TOP),
-    ("lavic_ray.workflow",): ("lavic_ray.tune", "lavic_ray.quickstart", "lavic_ray.jobs", "lavic_ray.cli", "lavic_ray.serve"),
-    ("lavic_ray.tune", "lavic_ray.quickstart"): ("lavic_ray.jobs", "lavic_ray.cli"),
+    ("lavic_ray.workflow",): ("lavic_ray.tune", "lavic_ray.quickstart", "lavic_ray.diagnosis", "lavic_ray.report",
+                              "lavic_ray.jobs", "lavic_ray.cli", "lavic_ray.serve"),
+    # a job's inputs are checked in a second or so, before anything heavy is imported
+    ("lavic_ray.preflight", "lavic_ray.download"): ("lavic_ray.model", "lavic_ray.retrieval", *STAGES, *TOP),
+    ("lavic_ray.tune", "lavic_ray.quickstart", "lavic_ray.diagnosis", "lavic_ray.report"): ("lavic_ray.jobs", "lavic_ray.cli"),
+    ("lavic_ray.diagnosis", "lavic_ray.report"): ("lavic_ray.quickstart",),
     ("lavic_ray.jobs",): ("lavic_ray.cli",),
 }
 

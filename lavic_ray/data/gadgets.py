@@ -285,8 +285,8 @@ def _motif(d: ImageDraw.ImageDraw, shape: str, c: tuple[float, float], r: float,
     d.polygon(pts, fill=WHITE, outline=INK, width=outline)
 
 
-def render(category: str, attrs: dict[str, str], size: int = 336, seed: int | str = 0, motif_scale: float = 1.0) -> Image.Image:
-    """One product photo: the body in its colour and build, the motif (its radius times ``motif_scale``) on its front."""
+def render(category: str, attrs: dict[str, str], size: int = 336, seed: int | str = 0) -> Image.Image:
+    """One product photo: the body in its colour and build, the motif on its front."""
     rng = random.Random(seed)
     tint = rng.randint(230, 246)
     bg = Image.new("RGB", (size, size), (tint - rng.randint(0, 8), tint, tint - rng.randint(0, 6)))
@@ -317,5 +317,5 @@ def render(category: str, attrs: dict[str, str], size: int = 336, seed: int | st
             d.ellipse(geo, fill=INK)
         elif kind == "arc":
             d.arc(geo, 180, 360, fill=INK, width=lw * 2)
-    _motif(d, attrs["motif"], centre, radius * motif_scale, colour)
+    _motif(d, attrs["motif"], centre, radius, colour)
     return bg

@@ -84,8 +84,19 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, object | None, Problem | None]
                 yield lineno, None, Problem(str(path), lineno, "", _json_error(e), "malformed_json")
 
 
-def _line_of(text: str, pos: int) -> int:
-    return text.count("\n", 0, pos) + 1
+class _Lines:
+    """Line numbers of positions in a text: the newlines are found once, each lookup is a bisection (counting them
+    from the start for every item made reading a large item2meta file quadratic)."""
+
+    def __init__(self, text: str):
+        import re
+
+        self.newlines = [m.start() for m in re.finditer("\n", text)]
+
+    def __call__(self, pos: int) -> int:
+        import bisect
+
+        return bisect.bisect_left(self.newlines, pos) + 1  # newlines before pos, plus one
 
 
 def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | None, Problem | None]]:
@@ -116,6 +127,7 @@ def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | Non
     dec = json.JSONDecoder()
     seen: dict[str, int] = {}
     n = len(text)
+    line_of = _Lines(text)
 
     def skip_ws(i: int) -> int:
         while i < n and text[i] in " \t\r\n":
@@ -123,11 +135,11 @@ def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | Non
         return i
 
     def fail(pos: int, msg: str) -> Problem:
-        return Problem(str(path), _line_of(text, pos), "", f"malformed JSON: {msg}", "malformed_json")
+        return Problem(str(path), line_of(pos), "", f"malformed JSON: {msg}", "malformed_json")
 
     i = skip_ws(0)
     if i >= n or text[i] != "{":
-        yield _line_of(text, i), None, None, fail(i, "expected a top-level object mapping item ID to metadata")
+        yield line_of(i), None, None, fail(i, "expected a top-level object mapping item ID to metadata")
         return
     i = skip_ws(i + 1)
     if i < n and text[i] == "}":
@@ -137,25 +149,25 @@ def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | Non
         try:
             key, i = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
-            yield _line_of(text, e.pos), None, None, fail(e.pos, e.msg)
+            yield line_of(e.pos), None, None, fail(e.pos, e.msg)
             return
         if not isinstance(key, str):
-            yield _line_of(text, start), None, None, fail(start, "expected a string key")
+            yield line_of(start), None, None, fail(start, "expected a string key")
             return
         i = skip_ws(i)
         if i >= n or text[i] != ":":
-            yield _line_of(text, i), None, None, fail(i, "expected ':' after key")
+            yield line_of(i), None, None, fail(i, "expected ':' after key")
             return
         i = skip_ws(i + 1)
         try:
             value, i = dec.raw_decode(text, i)
         except json.JSONDecodeError as e:
-            yield _line_of(text, e.pos), key, None, fail(e.pos, f"{e.msg} (in item {key!r})")
+            yield line_of(e.pos), key, None, fail(e.pos, f"{e.msg} (in item {key!r})")
             return
         except RecursionError:
-            yield _line_of(text, start), key, None, fail(start, f"nested too deeply (in item {key!r})")
+            yield line_of(start), key, None, fail(start, f"nested too deeply (in item {key!r})")
             return
-        line = _line_of(text, start)
+        line = line_of(start)
         if key in seen:
             yield line, key, None, Problem(str(path), line, key, f"item {key!r} is listed twice (first on line {seen[key]}); "
                                                                  "keep one entry per item", "duplicate_item")
@@ -168,9 +180,9 @@ def iter_json_object(path: Path) -> Iterator[tuple[int, str | None, object | Non
             continue
         if i < n and text[i] == "}":
             if skip_ws(i + 1) != n:
-                yield _line_of(text, i + 1), None, None, fail(i + 1, "extra data after the object")
+                yield line_of(i + 1), None, None, fail(i + 1, "extra data after the object")
             return
-        yield _line_of(text, i), None, None, fail(i, "expected ',' or '}'")
+        yield line_of(i), None, None, fail(i, "expected ',' or '}'")
         return
 
 

@@ -157,6 +157,17 @@ _FOLLOWUPS = (
 )
 
 
+#: a conversation's candidates (the paper's lists hold 10)
+NUM_CANDIDATES = 10
+#: share of ISBN-10-shaped IDs (the reference's regex never matches them)
+ISBN_FRACTION = 0.1
+#: share of items that copy another's decisive attributes (conversations with several ground-truth items)
+DUPLICATE_FRACTION = 0.06
+#: share of items with a second image
+SECOND_IMAGE_FRACTION = 0.1
+JPEG_QUALITY = 90
+
+
 @dataclass(frozen=True)
 class SynthItem:
     item_id: str
@@ -315,11 +326,6 @@ def describe(item: SynthItem, scheme: Scheme = PRODUCTS) -> str:
     return scheme.describe(item.category, item.attributes, item.item_id)
 
 
-def render_options(cfg: SynthConfig) -> dict:
-    """The scheme's own drawing options from ``synth`` (gadgets: ``motif_scale``)."""
-    return {"motif_scale": cfg.motif_scale} if cfg.scheme == "gadgets" else {}
-
-
 def image_size(cfg: SynthConfig) -> int:
     """The image side: ``synth.image_size``, or the scheme's own (products 672, gadgets 336)."""
     return cfg.image_size or scheme_of(cfg).image_size
@@ -360,7 +366,7 @@ def make_items(cfg: SynthConfig) -> list[SynthItem]:
     """The catalog: attributes drawn independently of titles, pools stratified by category."""
     scheme = scheme_of(cfg)
     rng = random.Random(f"{cfg.seed}:items")
-    ids = make_item_ids(cfg.items, cfg.isbn_fraction, rng)
+    ids = make_item_ids(cfg.items, ISBN_FRACTION, rng)
     cats = list(scheme.categories)
     by_cat: dict[str, list[str]] = defaultdict(list)
     for n, item_id in enumerate(ids):
@@ -377,19 +383,19 @@ def make_items(cfg: SynthConfig) -> list[SynthItem]:
             while title in titles:
                 title = scheme.title(cat, rng)
             titles.add(title)
-            decisive = _next_combo(combos[pool], cfg.duplicate_fraction, rng, scheme)
+            decisive = _next_combo(combos[pool], DUPLICATE_FRACTION, rng, scheme)
             attrs = tuple(zip(scheme.decisive, decisive)) + tuple((a, rng.choice(v)) for a, v in scheme.other.items())
             items.append(SynthItem(
                 item_id=item_id, category=cat, attrs=attrs, title=title, pool=pool,
-                n_images=2 if rng.random() < cfg.second_image_fraction else 1, n_decisive=len(scheme.decisive),
+                n_images=2 if rng.random() < SECOND_IMAGE_FRACTION else 1, n_decisive=len(scheme.decisive),
             ))
     counts = _split_counts(cfg.conversations, cfg.split)
     for pool in ("train", "valid", "test"):
         size = sum(it.pool == pool for it in items)
-        if counts[pool] and size <= cfg.num_candidates:
+        if counts[pool] and size <= NUM_CANDIDATES:
             raise InvalidInput(
                 f"synth: the {pool} pool would hold {size} items, but a candidate list needs more than "
-                f"{cfg.num_candidates}; raise synth.items (now {cfg.items}) or synth.pools.{pool}"
+                f"{NUM_CANDIDATES}; raise synth.items (now {cfg.items}) or synth.pools.{pool}"
             )
     return items
 
@@ -410,7 +416,7 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> d
     retriever.index([it.item_id for it in items], [it.title for it in items])
     counts = _split_counts(cfg.conversations, cfg.split)
     out: dict[str, list[dict]] = {}
-    n = cfg.num_candidates
+    n = NUM_CANDIDATES
     for split in ("train", "valid", "test"):
         pool = [it for it in items if it.pool == split]
         matches: dict[tuple, list[str]] = defaultdict(list)
@@ -433,7 +439,7 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> d
             gt_items = sorted(matches[target.key])
             gt_set = set(gt_items)
             if len(gt_set) >= n:
-                raise InvalidInput(f"{len(gt_set)} items match one request; raise synth.items or num_candidates")
+                raise InvalidInput(f"{len(gt_set)} items match one request; raise synth.items")
             order = [item_id for item_id, _ in ranked]
             if i in with_gt:
                 cands = order[:n]
@@ -487,10 +493,9 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
     images.mkdir(parents=True, exist_ok=True)
     for n, it in enumerate(items, start=1):
         for k in range(it.n_images):
-            img = scheme.render(it.category, it.attributes, image_size(cfg), seed=f"{cfg.seed}:{it.item_id}:{k}",
-                                **render_options(cfg))
+            img = scheme.render(it.category, it.attributes, image_size(cfg), seed=f"{cfg.seed}:{it.item_id}:{k}")
             tmp = images / f".{it.item_id}_{k}.jpg.tmp"
-            img.save(tmp, format="JPEG", quality=cfg.jpeg_quality)
+            img.save(tmp, format="JPEG", quality=JPEG_QUALITY)
             tmp.replace(images / f"{it.item_id}_{k}.jpg")
         if n % 100 == 0 or n == len(items):
             log.info("rendered %d/%d items", n, len(items))
@@ -543,7 +548,6 @@ def generate(cfg: SynthConfig, out: str | Path, retriever, force: bool = False) 
     if scheme is not PRODUCTS:  # (the default's manifest stays as it was)
         manifest["scheme"] = scheme.name
         manifest["image_size"] = image_size(cfg)
-        manifest.update(render_options(cfg))
     manifest["vocabulary"] = {a: {v: list(w) for v, w in vals.items()} for a, vals in scheme.vocabulary.items()}
     write_json(out / MANIFEST_FILE, manifest)
     write_config(out, cfg)

@@ -156,11 +156,12 @@ def chance_hr1(judged: Sequence[Judged]) -> float:
 
 
 def binomial_tail(hits: int, n: int, p: float) -> float:
-    """P(X >= hits) for X ~ Binomial(n, p)."""
-    if hits <= 0:
+    """P(X >= hits) for X ~ Binomial(n, p): the p-value of scipy's one-sided exact binomial test."""
+    from scipy.stats import binomtest
+
+    if hits <= 0 or n <= 0:
         return 1.0
-    p = min(max(p, 0.0), 1.0)
-    return min(1.0, sum(math.comb(n, k) * p ** k * (1 - p) ** (n - k) for k in range(hits, n + 1)))
+    return float(binomtest(min(hits, n), n, min(max(p, 0.0), 1.0), alternative="greater").pvalue)
 
 
 def above_chance(hr1: float, n: int, chance: float, alpha: float = 0.05) -> bool:

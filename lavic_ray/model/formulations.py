@@ -105,37 +105,16 @@ def pointwise_samples(convs: list[Conversation], key: str, seed: int, negatives:
     return out
 
 
-def ranking_loss(margins: torch.Tensor, positives: list[tuple[bool, ...]]) -> torch.Tensor:
-    """Mean over samples of -log softmax(margins of the sample's candidates)[positive].
-
-    ``margins`` is request-major (one row per candidate, samples in order); a sample
-    without a negative carries no ranking signal and is skipped.
-    """
-    terms, n = [], 0
-    for pos in positives:
-        m = margins[n: n + len(pos)]
-        n += len(pos)
-        if len(pos) > 1 and any(pos):
-            terms.append(-torch.log_softmax(m, dim=0)[pos.index(True)])
-    if n != margins.shape[0]:
-        raise ValueError(f"{margins.shape[0]} margins for {n} candidates")
-    return torch.stack(terms).mean() if terms else margins.sum() * 0.0
-
-
-def yes_no_loss(lp: torch.Tensor, positives: list[tuple[bool, ...]], pair: bool = False) -> torch.Tensor:
+def yes_no_loss(lp: torch.Tensor, positives: list[tuple[bool, ...]]) -> torch.Tensor:
     """The balanced yes/no NLL: positives and negatives weigh half each, whatever their ratio.
 
-    ``lp`` is request-major ``(candidates, 2)``: log P(" yes"), log P(" no") over the whole
-    vocabulary. With ``pair`` the two answers are normalised against each other alone
-    (``log_softmax`` over the pair), so the loss is ``softplus(-margin)`` for a positive and
-    ``softplus(margin)`` for a negative, ``margin = log P(yes) - log P(no)``: only the margin that
-    candidates are ranked by is trained, and nothing pushes the rest of the vocabulary down.
+    ``lp`` is request-major ``(candidates, 2)``: log P(" yes"), log P(" no") over the whole vocabulary.
+    (Measured as no help and removed: the pair normalised alone, and a softmax ranking loss over a sample's
+    candidates - docs/history.md.)
     """
     positive = torch.tensor([p for pos in positives for p in pos], device=lp.device)
     if positive.shape[0] != lp.shape[0]:
         raise ValueError(f"{lp.shape[0]} rows of log-probabilities for {positive.shape[0]} candidates")
-    if pair:
-        lp = torch.log_softmax(lp, dim=-1)
     nll = -torch.where(positive, lp[:, 0], lp[:, 1])
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     weight = torch.where(positive, 1.0 / max(n_pos, 1), 1.0 / max(n_neg, 1)) / ((n_pos > 0) + (n_neg > 0))
@@ -217,20 +196,11 @@ class Pointwise(Formulation):
                                  similar if self.cfg.negative_sampling == "visual" else None)
 
     def loss(self, engine, builder, batch, candidates, lookup):
-        """``stage2.pointwise_loss``: the balanced yes/no NLL over the vocabulary (:func:`yes_no_loss`),
-        the same over the pair " yes" / " no" alone (``yes_no_pair``), the ranking loss (softmax over each
-        sample's candidates of the margin log P(yes) - log P(no) that evaluation ranks by, positive as the
-        target), or the vocabulary NLL and the ranking loss summed (``both``)."""
+        """The balanced yes/no NLL over the vocabulary (:func:`yes_no_loss`) of each sample's candidates."""
         requests = [(s.conv.context, candidates(s.candidates)) for s in batch]
         lp, tokens = engine(fn=pointwise_log_probs, builder=builder, requests=requests, lookup=lookup, max_rows=None,
                             sharing=self.cfg.prefix_sharing, gradient_checkpointing=self.cfg.engine.gradient_checkpointing)
-        kind = self.cfg.pointwise_loss
-        loss = lp.new_zeros(())
-        if kind in ("yes_no", "yes_no_pair", "both"):
-            loss = loss + yes_no_loss(lp, [s.positive for s in batch], pair=kind == "yes_no_pair")
-        if kind in ("ranking", "both"):
-            loss = loss + ranking_loss(lp[:, 0] - lp[:, 1], [s.positive for s in batch])
-        return loss, tokens
+        return yes_no_loss(lp, [s.positive for s in batch]), tokens
 
     def score(self, model, builder, requests, lookup, max_rows=DEFAULT_MAX_ROWS, sharing="auto"):
         return score_pointwise_batch(model, builder, requests, lookup, max_rows, sharing)

@@ -3,7 +3,7 @@
 bf16 autocast pays only where bf16 matmuls are native: CPUs with AVX-512 BF16 or AMX (1.3-1.4x
 over fp32 in the quickstart's stages, bench/RESULTS.md) and GPUs that support bf16. On a CPU
 without them (AVX2 only) PyTorch emulates bf16 matmuls: on an AVX2-only AMD EPYC (2026-12-02) a
-training step of the small model's LLM ran 20x slower than in fp32 (bench/precision_speed.py) and a
+training step of the small model's LLM ran 20x slower than in fp32 (bench/RESULTS.md; the script is in git history) and a
 quickstart stage-1 step took ~127 s against 3.5 s in fp32. ``auto`` therefore picks
 ``bf16-mixed`` there and ``fp32`` elsewhere, on the machine that runs the step.
 """

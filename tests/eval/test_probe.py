@@ -15,7 +15,10 @@ from lavic_ray.eval.probe import (
     word_readout,
     words_of,
 )
-from lavic_ray.quickstart import _blind_text, _carried_text, _probe_lines, _words_text
+from lavic_ray.diagnosis import blind_text as _blind_text
+from lavic_ray.diagnosis import carried_text as _carried_text
+from lavic_ray.diagnosis import words_text as _words_text
+from lavic_ray.report import probe_lines as _probe_lines
 
 
 def result(items=40, **acc):

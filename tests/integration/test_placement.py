@@ -45,11 +45,12 @@ def test_model_work_on_the_gpu_node_cpu_work_on_the_cpu_node(cluster, tmp_path, 
         raise AssertionError("the driver built a model")
 
     monkeypatch.setattr(build, "build_lavic", no_model_in_the_driver)  # this process only: actors import their own
+    monkeypatch.setenv("LAVIC_FORCE_CPU", "1")  # the driver picks the collective backend: gloo for the "GPU" run
     cfg = load_config("jobs/configs/7b.yaml", [
         f"storage_root={tmp_path}", f"dataset.root={synth_root}", "dataset.domain=synthetic", f"model.checkpoint={tiny_dir}",
         "model.dtype=float32", "preprocess.workers=1", "preprocess.cpus_per_worker=1", "preprocess.shard_size=100",
         "embed.cpus_per_actor=1", "embed.device=cpu", "eval.resources.cpus_per_actor=1", "eval.resources.device=cpu",
-        "eval.limit=6", "eval.methods=[lavic]", "stage2.cpus_per_worker=1", "stage2.backend=gloo", "stage2.engine.kind=torch",
+        "eval.limit=6", "eval.methods=[lavic]", "stage2.cpus_per_worker=1", "stage2.engine.kind=torch",
         "stage2.engine.precision=fp32", "stage2.engine.gradient_checkpointing=false", "stage2.engine.micro_batch_size=1",
         "stage2.engine.grad_accumulation=1", "stage2.max_steps=2", "stage2.eval_limit=2", "stage2.max_length=512"])
     cfg, art = workflow.resolve(cfg)

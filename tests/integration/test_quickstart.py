@@ -28,6 +28,9 @@ def test_quickstart_runs_every_stage_and_prints_json_last(tmp_path):
     logs = sorted((workdir / "logs").glob("quickstart-*.log"), key=lambda p: p.stat().st_mtime)
     log = logs[-1].read_text()
     assert proc.stderr.startswith("full log: ") and logs[-1].name in proc.stderr.splitlines()[0]
+    # a short console for a person: no line over 160 characters, no carriage-return frames off a terminal
+    console_lines = proc.stderr.splitlines()
+    assert len(console_lines) <= 60 and max(map(len, console_lines)) <= 160 and "\r" not in proc.stderr, console_lines
     # Ray Train's state queries work (the dashboard is on): none of the once-a-second failures
     assert "Failed to query Ray Train Controller" not in log + proc.stderr
     assert "stage2 step 2/2" in log  # a Ray Train worker's own log line reached the file

@@ -78,8 +78,8 @@ def test_one_retriever_factory_reads_the_retrieval_section():
     from lavic_ray.errors import UserError
     from lavic_ray.retrieval import make_retriever
 
-    r = make_retriever("bm25", RetrievalConfig(bm25_k1=0.9, bm25_b=0.3, bm25_stem=None))
-    assert (r.k1, r.b, r.stem) == (0.9, 0.3, None)
+    r = make_retriever("bm25", RetrievalConfig())
+    assert (r.k1, r.b, r.stem) == (1.5, 0.75, "english")
     with pytest.raises(UserError, match="unknown retriever"):
         make_retriever("tfidf")
 
