@@ -26,21 +26,6 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class Fractions(Strict):
-    """Shares of train / valid / test; they must sum to 1."""
-
-    train: float = Field(ge=0, le=1)
-    valid: float = Field(ge=0, le=1)
-    test: float = Field(ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _sum_to_one(self) -> "Fractions":
-        total = self.train + self.valid + self.test
-        if abs(total - 1.0) > 1e-6:
-            raise ValueError(f"train + valid + test must be 1, got {total:g}")
-        return self
-
-
 def actor_pool(actors: int):
     """A Ray Data actor pool of up to ``actors`` actors that starts with the first one: Ray queues the others until
     the cluster has room (the autoscaler adds nodes for them), so a pool never waits for a size the cluster does
@@ -54,12 +39,12 @@ class ActorPool(Strict):
     """Where a model-loading step runs: a pool of Ray actors, each holding one copy of the model."""
 
     actors: int = Field(1, ge=1, description="actors in the pool (each loads the model once)")
-    cpus_per_actor: float = Field(1.0, gt=0)
+    cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each actor requests from Ray (its torch threads on a CPU)")
     gpus_per_actor: float = Field(0.0, ge=0, description="GPUs each actor requests from Ray (0: a CPU actor)")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where the model runs inside an actor: auto = cuda when the actor requests GPUs and "
                             "CUDA is there, else cpu")
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="items (or conversations) per batch an actor processes")
 
     def resolved_device(self) -> str:
         """The torch device an actor of this pool uses (call it inside the actor)."""
@@ -73,23 +58,15 @@ class ActorPool(Strict):
 class SynthConfig(Strict):
     """The synthetic catalog (``lavic synth``)."""
 
-    seed: int = 0
+    seed: int = Field(0, description="the synthetic catalog's seed (items, images, conversations)")
     items: int = Field(400, ge=48, description="catalog size")
     conversations: int = Field(600, ge=20, description="conversations over all three splits")
-    domain: str = "synthetic"
+    domain: str = Field("synthetic", description="the domain the synthetic conversations are written under")
     scheme: Literal["products", "gadgets"] = Field(
-        "products", description="what the catalog is made of: 'products' (mugs, t-shirts, ...; decisive colour and pattern) "
-                                "or 'gadgets' (bottles, clocks, ...; decisive motif and build, colour a distractor)")
+        "products", description="products (mugs, t-shirts: colour and pattern decide) or gadgets (bottles, clocks: motif and build decide)")
     image_size: int | None = Field(None, ge=112, description="square image side; None: the scheme's (products 672, which "
                                                              "gives LLaVA-Next 5 views; gadgets 336)")
-    decisive: list[str] | None = Field(None, description="gadgets only: the two attributes a request asks for, of motif, "
-                                                          "build and colour (None: motif and build); the third stays a "
-                                                          "visible, described distractor")
-    split: Fractions = Fractions(train=0.75, valid=0.10, test=0.15)
-    #: Disjoint item pools: a split's ground truth and candidates come from its own pool,
-    #: so valid/test ground-truth items never occur in a training conversation.
-    pools: Fractions = Fractions(train=0.60, valid=0.15, test=0.25)
-    gt_in_candidates: float = Field(0.9, ge=0, le=1, description="share of valid/test lists holding the ground truth (train: all)")
+    decisive: list[str] | None = Field(None, description="gadgets only: the two of motif, build and colour requests ask for (None: motif and build); the third a distractor")
 
     @model_validator(mode="after")
     def _decisive_needs_gadgets(self) -> "SynthConfig":
@@ -106,8 +83,8 @@ class SynthConfig(Strict):
 class DatasetConfig(Strict):
     """Where a dataset in the LaViC layout is."""
 
-    root: str | None = None
-    domain: str = "synthetic"
+    root: str | None = Field(None, description="the dataset's folder in the LaViC layout (None: the synthetic catalog under storage_root)")
+    domain: str = Field("synthetic", description="the conversations' domain: <root>/<domain>/{train,valid,test}.jsonl")
     images_dir: str | list[str] | None = Field(None, description="the image folder(s), looked in in order (the release "
                                                                  "keeps training and validation images apart); "
                                                                  "default <root>/images")
@@ -119,9 +96,9 @@ class RetrievalConfig(Strict):
     """Text retrievers (SBERT, BM25)."""
 
     sbert_model: str = Field("all-MiniLM-L6-v2", description="sentence-transformers name or path; the default is the packaged copy")
-    device: str = "cpu"
-    batch_size: int = Field(128, ge=1)
-    item_text: Literal["title", "title+description"] = "title"
+    device: str = Field("cpu", description="where SBERT encodes (cpu, cuda)")
+    batch_size: int = Field(128, ge=1, description="texts SBERT encodes at once")
+    item_text: Literal["title", "title+description"] = Field("title", description="what an item is retrieved by: its title, or its title and description")
 
 
 class LavicRun(Strict):
@@ -136,20 +113,19 @@ class GenerateConfig(Strict):
 
     max_new_tokens: int = Field(16, ge=1, description="tokens decoded (the reference: 10)")
     id_pattern: Literal["catalog", "paper"] = Field(
-        "catalog", description="catalog: every 10-character ID the catalog or the list knows, in order (ISBN-style IDs "
-                               "too); paper: the first match of the reference's regex \\bB[A-Z0-9]{9}\\b, candidate or not")
+        "catalog", description="catalog: the first ID the catalog or list knows (ISBNs too); paper: the reference's regex \\bB[A-Z0-9]{9}\\b")
 
 
 class EvalConfig(Strict):
     """Evaluation runs (``lavic evaluate``); ``resources``: where the methods that load a model run."""
 
     #: LaViC methods (``lavic``, ``lavic-title-only``, ``lavic-no-distill``, ``lavic-generate``) -> their trained run
-    runs: dict[str, LavicRun] = {}
+    runs: dict[str, LavicRun] = Field({}, description="LaViC method -> its trained stage-2 run (filled by the workflow; lavic evaluate --stage2)")
 
-    methods: list[str] = ["first-candidate", "random", "sbert", "bm25"]
-    candidates_key: str = "candidates_st"
-    ks: list[int] = [1, 5, 10]
-    seed: int = 0
+    methods: list[str] = Field(["first-candidate", "random", "sbert", "bm25"], description="what lavic evaluate and the evaluate job score")
+    candidates_key: str = Field("candidates_st", description="the conversations' candidate list to rank (candidates_st: SBERT's, the paper's)")
+    ks: list[int] = Field([1, 5, 10], description="cut-offs of HR@k, NDCG@k and MRR@k")
+    seed: int = Field(0, description="seed of the random baseline")
     limit: int | None = Field(None, ge=1, description="evaluate only the first N conversations")
     resources: ActorPool = Field(ActorPool(batch_size=8), description="the LaViC methods' model: actors, device, "
                                                                       "conversations per batch")
@@ -163,36 +139,26 @@ class ModelConfig(Strict):
     """Which LLaVA-Next checkpoint, and how LaViC wraps it."""
 
     checkpoint: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description="hub name or local directory (save_pretrained layout)")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    feature_layer: int = Field(-2, description="vision hidden-state layer whose [CLS] is taken: -2 is LLaVA's projector "
-                                               "layer (lavic-ray); -1 is the last encoder layer before the tower's "
-                                               "post-layernorm (last_hidden_state, the reference)")
-    scale_vectors: bool = Field(True, description="rescale each vector to the mean norm of the LLM's token embeddings "
-                                                  "(lavic-ray; projected [CLS] norms are 100-1000x larger); false: as "
-                                                  "projected (the reference)")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' dtype when loaded (bfloat16 for the 7B on GPUs)")
+    feature_layer: int = Field(-2, description="the vision layer whose [CLS] is taken: -2, LLaVA's projector layer (lavic-ray); -1, last_hidden_state (paper)")
+    scale_vectors: bool = Field(True, description="rescale each vector to the LLM's mean token-embedding norm (lavic-ray); false: as projected (the paper)")
     empty_views: Literal["repeat_base", "run_padded"] = Field(
-        "repeat_base", description="an image with fewer than 5 LLaVA-Next views: repeat its base view's vector in the "
-                                   "empty slots (lavic-ray), or run the zero-padded views through the tower (the reference)")
+        "repeat_base", description="fewer than 5 views: repeat the base view's vector (lavic-ray), or run the zero-padded views (the paper)")
     missing_image: Literal["zeros", "white_image"] = Field(
-        "zeros", description="an item without a usable image: five zero vectors (lavic-ray), or a white 336x336 RGB "
-                             "image run through the tower (the reference)")
+        "zeros", description="an item without a usable image: five zero vectors (lavic-ray), or a white 336x336 image (the paper)")
 
 
 class SmallModelConfig(Strict):
     """How ``model.checkpoint: small`` is built (``lavic small-model``; the 7B checkpoint skips this)."""
 
     epochs: int = Field(2, ge=1, description="full-token epochs: image tokens -> description, the projector in full, LLM via LoRA")
-    lr: float = Field(1e-3, gt=0)
-    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-3, gt=0, description="learning rate of the small model's full-token step")
+    batch_size: int = Field(8, ge=1, description="images per step of the small model's build")
     contrastive_epochs: int = Field(40, ge=0, description="CLIP-style tower pretraining epochs first (0: skip)")
-    step_budget: int | None = Field(None, ge=1, description="the most full-token optimizer steps its epochs may take (None: "
-                                                             "every epoch's); on a larger catalog the step stops there, its "
-                                                             "learning-rate schedule ending there too")
+    step_budget: int | None = Field(None, ge=1, description="the most full-token optimizer steps its epochs may take (None: all); the schedule ends there")
     contrastive_step_budget: int | None = Field(None, ge=1, description="the same for the contrastive epochs")
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
-    tower_lr_scale: float = Field(0.0, ge=0, description="the vision tower's learning rate in the full-token step, as a "
-                                                         "fraction of lr (0: frozen after its contrastive step, as LLaVA keeps "
-                                                         "its CLIP tower; 1: trained in full, as before preset v5)")
+    tower_lr_scale: float = Field(0.0, ge=0, description="the tower's lr in the full-token step, as a fraction of lr (0: frozen after its contrastive step)")
     vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
@@ -227,27 +193,24 @@ class PromptsConfig(Strict):
     """
 
     bos: Literal["tokenizer", "always", "never"] = Field(
-        "tokenizer", description="BOS at the start of every sequence: as the tokenizer adds it by default "
-                                 "(add_bos_token; Mistral/Llama yes, SmolLM2 no), always, or never")
-    target_eos: bool = Field(True, description="an EOS token after each target (stage-1 description, stage-2 answer), "
-                                               "labelled; the reference has none (its pad token is EOS)")
+        "tokenizer", description="BOS at the start of each sequence: as the tokenizer adds it (Mistral yes, SmolLM2 no), always, or never")
+    target_eos: bool = Field(True, description="a labelled EOS after each target (lavic-ray); the paper has none (its pad token is EOS)")
     truncation: Literal["conversation_start", "right"] = Field(
-        "conversation_start", description="an over-long prompt loses tokens from the start of the conversation only "
-                                          "(candidates and answer kept), or from the right end (the reference)")
+        "conversation_start", description="an over-long prompt loses the conversation's start (lavic-ray), or its right end (the paper)")
     turn: dict[str, str] = Field({"submission": "User: {text}", "comment": "Comment: {text}"},
                                  description="how {conversation} renders each turn, by role")
-    turn_separator: str = "\n"
-    stage1: str = "Product title: {title}\nProduct image:{image}\nDescribe what the image shows.\nDescription:"
-    stage1_target: str = " {description}"
-    listwise_header: str = "Conversation:\n{conversation}\n\nCandidates:\n"
+    turn_separator: str = Field("\n", description="between the rendered turns of {conversation}")
+    stage1: str = Field("Product title: {title}\nProduct image:{image}\nDescribe what the image shows.\nDescription:", description="stage 1's prompt ({title}, {image}: the 5 vector slots)")
+    stage1_target: str = Field(" {description}", description="stage 1's target after the prompt ({description})")
+    listwise_header: str = Field("Conversation:\n{conversation}\n\nCandidates:\n", description="the listwise prompt's start ({context}: the raw conversation; {conversation}: rendered)")
     listwise_candidate: str = Field("{image} {label}: {title}\n", description="one block per candidate, in list order; "
                                     "{image} first lets the ID attend to its item's vectors")
-    listwise_cue: str = "Which candidate does the user want? Answer:"
-    listwise_answer: str = " {label}"
-    pointwise_prefix: str = "Conversation:\n{conversation}"
-    pointwise_candidate: str = "\n\nCandidate:{image} {title}\nIs this what the user wants? Answer:"
-    pointwise_yes: str = " yes"
-    pointwise_no: str = " no"
+    listwise_cue: str = Field("Which candidate does the user want? Answer:", description="after the candidates, before the answer")
+    listwise_answer: str = Field(" {label}", description="the trained answer ({label} or {id})")
+    pointwise_prefix: str = Field("Conversation:\n{conversation}", description="the pointwise prompt's start, shared by the candidates")
+    pointwise_candidate: str = Field("\n\nCandidate:{image} {title}\nIs this what the user wants? Answer:", description="one candidate's continuation ({image}, {title}, {id})")
+    pointwise_yes: str = Field(" yes", description="the positive answer")
+    pointwise_no: str = Field(" no", description="the negative answer")
 
     @model_validator(mode="after")
     def _known_placeholders(self) -> "PromptsConfig":
@@ -268,29 +231,25 @@ class PromptsConfig(Strict):
 
 
 class LoraConfig(Strict):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.1, ge=0, lt=1)
+    """LoRA on the stage's target modules (stage 1: every Linear of the vision tower and projector; stage 2: the LLM's)."""
+
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(32, ge=1, description="LoRA alpha (the update is scaled by alpha / r)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="LoRA dropout")
 
 
 class EngineConfig(Strict):
     """The training engine: DeepSpeed (CPU/gloo here, NCCL on GPUs) or plain torch."""
 
-    kind: Literal["deepspeed", "torch"] = "deepspeed"
-    zero_stage: int = Field(2, ge=0, le=3)
-    offload_optimizer: bool = False
+    kind: Literal["deepspeed", "torch"] = Field("deepspeed", description="the training engine: DeepSpeed, or plain torch (AdamW, DDP) where DeepSpeed is absent")
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage; 3 builds the model sharded under deepspeed.zero.Init")
+    offload_optimizer: bool = Field(False, description="DeepSpeed: keep the optimizer state on the CPU")
     precision: Literal["fp32", "bf16", "bf16-mixed", "fp16", "auto"] = Field(
-        "fp32", description="fp32; auto (bf16-mixed where the device runs bf16 matmuls natively - CPUs with AVX-512 "
-                            "BF16 or AMX, GPUs with bf16 - else fp32, decided on the machine that runs the step: "
-                            "emulated bf16 ran training steps 20-36x slower than fp32 on an AVX2-only CPU); bf16 (DeepSpeed's bf16 mode: bf16 weights and activations, fp32 master weights); "
-                            "fp16 (the reference's: DeepSpeed's fp16 mode with loss scaling, or autocast + a grad "
-                            "scaler with the torch engine; GPUs); "
-                            "bf16-mixed (torch.autocast: fp32 weights and optimizer, matmuls in bf16 - the fast choice "
-                            "on CPUs with AVX-512 BF16 or AMX; see bench/RESULTS.md)")
-    gradient_checkpointing: bool = False
-    micro_batch_size: int = Field(4, ge=1)
-    grad_accumulation: int = Field(1, ge=1)
-    grad_clip: float = Field(1.0, ge=0)
+        "fp32", description="fp32; bf16 (DeepSpeed's); fp16 (the paper's, GPUs); bf16-mixed (autocast); auto: bf16-mixed where bf16 is native")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass (memory for time)")
+    micro_batch_size: int = Field(4, ge=1, description="examples per forward pass on each worker")
+    grad_accumulation: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    grad_clip: float = Field(1.0, ge=0, description="the gradients' largest norm (0: no clipping)")
     deepspeed_config: str | None = Field(None, description="a DeepSpeed JSON file merged over the computed config; its "
                                                            "\"auto\" values keep the computed ones")
 
@@ -300,35 +259,26 @@ class StageConfig(Strict):
 
     lora: LoraConfig = LoraConfig()
     engine: EngineConfig = EngineConfig()
-    lr: float = Field(5e-5, gt=0)
-    weight_decay: float = Field(1e-5, ge=0)
-    warmup_steps: int = Field(0, ge=0)
+    lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay")
+    warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
     fp32_warmup_steps: int | None = Field(
-        None, ge=0, description="the warmup where this stage trains in fp32 (engine.precision fp32, or auto on a "
-                                "device without native bf16); None: warmup_steps. The quickstart's stage 2: 30 in "
-                                "fp32 against 5 with bf16 - on an AVX2-only CPU (fp32) stage 2 with 5 did not learn "
-                                "and with 30 learned on each of 3 stage-2 seeds; on another upstream one stage-2 seed "
-                                "with 30 was still at chance at step 120 when stopped (bench/RESULTS.md, 'Every machine')")
+        None, ge=0, description="the warmup where the stage trains in fp32 (None: warmup_steps); docs/quickstart.md says why 30")
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="after the warmup: a constant learning rate (the reference's), or one decaying to 0 at "
-                                "the last step (max_steps, or the epochs' steps up to step_budget)")
-    epochs: int = Field(5, ge=1)
+        "constant", description="after the warmup: constant (the paper's), or decaying to 0 at the last step (linear, cosine)")
+    epochs: int = Field(5, ge=1, description="passes over the training examples")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps (overrides epochs and "
                                                           "step_budget)")
-    step_budget: int | None = Field(None, ge=1, description="the most optimizer steps the epochs may take (None: every "
-                                                            "epoch's): a larger dataset stops there, and a decaying "
-                                                            "learning rate reaches 0 there; a smaller one runs its epochs")
-    max_length: int = Field(1024, ge=32)
-    seed: int = 0
+    step_budget: int | None = Field(None, ge=1, description="the most optimizer steps the epochs may take (None: all): a larger dataset stops there")
+    max_length: int = Field(1024, ge=32, description="the most tokens of a training sequence")
+    seed: int = Field(0, description="the LoRA's initialisation and the order of the examples")
     num_workers: int = Field(1, ge=1, description="Ray Train workers (1 process each)")
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    use_gpu: bool = Field(False, description="each worker takes a GPU (NCCL); false: CPU workers (gloo)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker requests")
     placement: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
-        "PACK", description="the Ray Train workers' placement group: STRICT_PACK keeps a multi-GPU run on one node "
-                            "(NVLink, one shared-memory copy), SPREAD over nodes, PACK packs where it can")
-    elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when CPUs of "
-                                                     "its node fall idle (a run beside it finished), up to the node's")
-    log_every: int = Field(10, ge=1)
+        "PACK", description="the workers' placement group: STRICT_PACK keeps a multi-GPU run on one node, SPREAD, PACK")
+    elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when its node's CPUs fall idle")
+    log_every: int = Field(10, ge=1, description="optimizer steps between the log lines and progress of a run")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: at each evaluation)")
     eval_every: int = Field(0, ge=0, description="optimizer steps between validations (0: once per epoch)")
     eval_limit: int | None = Field(None, ge=1, description="validation examples (None: all)")
@@ -339,9 +289,7 @@ class StageConfig(Strict):
     min_delta: float = Field(0.0, ge=0, description="early stopping: the smallest change of the validation metric that "
                                                     "counts as an improvement")
     min_steps: int = Field(0, ge=0, description="early stopping: never before this optimizer step")
-    group_by_length: bool = Field(True, description="micro-batches of similar-length examples (less padding): each "
-                                                    "window of 32 shuffled micro-batches is sorted by length, then the "
-                                                    "window's micro-batches are shuffled again")
+    group_by_length: bool = Field(True, description="micro-batches of similar length (less padding), sorted within windows of 32, then shuffled")
 
     def warmup_for(self, precision: str) -> int:
         """The warmup of this stage where it trains in ``precision`` (concrete: fp32, bf16-mixed, ...):
@@ -357,15 +305,9 @@ class Stage1Config(StageConfig):
     """Visual knowledge self-distillation (paper: r 8, alpha 32, dropout 0.1, lr 5e-5, wd 1e-5, 5 epochs, batch 4)."""
 
     split: Literal["heldout", "files"] = Field(
-        "heldout", description="heldout: a deterministic valid_fraction of the items (hashed IDs), from both metadata "
-                               "files (lavic-ray); files: train on item2meta_train.json's items, validate on "
-                               "item2meta_valid.jsonl's (the reference)")
+        "heldout", description="heldout: 10% of the items by hashed ID (lavic-ray); files: item2meta_train.json / _valid.jsonl (the paper)")
     word_alignment: float = Field(
-        0.0, ge=0, description="lavic-ray option (0: off, the paper's stage 1): the weight of a second stage-1 term that "
-                               "pulls each of an image's 5 vectors towards the words of its own teacher description: a "
-                               "softmax over descriptions of the cosine between the vector and each description's mean "
-                               "input embedding (centred on the catalog's mean), its own as the target. Vectors near "
-                               "their attribute words are what stage 2 learns to match from quickly (bench/RESULTS.md)")
+        0.0, ge=0, description="weight of a term pulling the 5 vectors towards their description's words (0: the paper's; docs/model.md)")
 
 
 #: How a prompt prefix is shared by its candidates' continuations (lavic_ray.model.scoring).
@@ -376,25 +318,18 @@ class Stage2Config(StageConfig):
     """Recommendation fine-tuning (LoRA on the language model)."""
 
     lora: LoraConfig = LoraConfig(r=16, alpha=32, dropout=0.05)
-    lr: float = Field(2e-4, gt=0)
-    epochs: int = 1
-    formulation: Literal["listwise", "pointwise"] = "listwise"
-    answer: Literal["id", "letter"] = "id"
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    epochs: int = Field(1, description="passes over the training conversations")
+    formulation: Literal["listwise", "pointwise"] = Field("listwise", description="listwise (answer the ground truth's label; the paper's) or pointwise (yes/no per candidate)")
+    answer: Literal["id", "letter"] = Field("id", description="listwise: the answer is the item's ID (the paper's) or a letter label")
     negatives: int = Field(9, ge=1, description="pointwise: negatives per positive, drawn from its candidate list "
                                                 "(scored together after one shared conversation prefix)")
     negative_sampling: Literal["random", "visual"] = Field(
-        "random", description="pointwise: which of the list's candidates are a positive's negatives: 'random', or 'visual' "
-                              "= those whose item vectors are the most alike the positive's (cosine of the mean of the 5 "
-                              "vectors): items told apart only by what the conversation says about their look; a "
-                              "title-only run has no vectors and draws at random")
+        "random", description="pointwise negatives: random, or visual (the candidates whose vectors are the most alike the positive's)")
     prefix_sharing: PrefixSharing = Field(
-        "auto", description="how a prompt is shared by its candidates' continuations (pointwise: candidate suffixes after "
-                            "the conversation, in training and scoring; listwise scoring: answers after the prompt), the "
-                            "same numbers every way: 'packed' = one pass, continuations after the prefix under a block "
-                            "attention mask; 'cache' = the prefix's KV cache copied per continuation; 'none' = one sequence "
-                            "per candidate; 'auto' = packed, or cache/none under FlashAttention-2, which takes no such mask")
-    use_images: bool = True
-    candidates_key: str = "candidates_st"
+        "auto", description="how candidates share a prompt: packed (one pass, block mask), cache (KV copies), none; auto: packed")
+    use_images: bool = Field(True, description="give each candidate its 5 vectors (false: title only, the paper's ablation)")
+    candidates_key: str = Field("candidates_st", description="the candidate list stage 2 trains on (candidates_st: SBERT's top 10)")
 
 
 class JobConfig(Strict):
@@ -405,28 +340,19 @@ class JobConfig(Strict):
     split: Literal["train", "valid", "test"] = Field("test", description="evaluate: the split to score")
     max_failures: int = Field(1, ge=0, description="Ray Train worker failures a run survives (from its last checkpoint)")
     worker_start_timeout_s: float = Field(
-        600.0, gt=0, description="Ray Train: seconds a worker group may take to start (placement, process start, "
-                                 "torch.distributed set-up) before the start counts as failed; sets "
-                                 "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S for the run (Ray's default, 60 s, is shorter than "
-                                 "a busy 2-core machine takes to start 2 workers that import torch and DeepSpeed)")
+        600.0, gt=0, description="Ray Train: seconds a worker group may take to start (a node scaled up from zero included)")
     start_retries: int = Field(
-        3, ge=-1, description="Ray Train: worker-group starts that failed or timed out a run retries before it fails "
-                              "with Ray's error (FailureConfig.controller_failure_limit); -1: forever, Ray's default, "
-                              "under which a run that can never start waits forever")
+        3, ge=-1, description="Ray Train: failed worker-group starts retried before the run fails (-1: forever, Ray's default)")
     variants: list[VariantName] = Field(list(VARIANTS), min_length=1, description="the pipeline job and the quickstart: "
                                         "the stage-2 variants they train and evaluate")
-    concurrent_runs: int = Field(1, ge=1, description="stage-2 variant runs trained at once (Ray queues their workers "
-                                                      "and the autoscaler adds nodes; the cluster is never measured)")
+    concurrent_runs: int = Field(1, ge=1, description="stage-2 variant runs at once (Ray queues their workers, the autoscaler adds nodes)")
 
 
 class PlacementConfig(Strict):
     """Where CPU-only work lands on a cluster of CPU and GPU nodes."""
 
     cpu_resource: str | None = Field(
-        None, description="a custom resource only the CPU worker nodes advertise (KubeRay rayStartParams resources, "
-                          "the launcher's node resources): preprocess, the Tune trials' drivers and the Serve ingress and "
-                          "retriever request 0.01 of it, so they run there and leave the GPU nodes to model work; None: "
-                          "anywhere (one machine)")
+        None, description="a custom resource only CPU worker nodes advertise: CPU-only work asks for 0.01 of it (None: anywhere)")
 
     def cpu_resources(self) -> dict[str, float]:
         """The extra Ray resources a CPU-only task or actor requests."""
@@ -436,38 +362,37 @@ class PlacementConfig(Strict):
 class TrackingConfig(Strict):
     """Experiment tracking of training runs (rank 0 logs every reported metric)."""
 
-    backend: Literal["none", "tensorboard", "mlflow"] = "none"
+    backend: Literal["none", "tensorboard", "mlflow"] = Field("none", description="experiment tracking of training runs: none, tensorboard or mlflow")
     #: TensorBoard log directory or MLflow tracking URI (a local ``file:`` store by default);
     #: None: ``<stage dir>/tensorboard`` or ``file:<storage_root>/mlruns``
-    uri: str | None = None
-    experiment: str = "lavic"
+    uri: str | None = Field(None, description="TensorBoard folder or MLflow URI (None: <stage dir>/tensorboard, file:<storage_root>/mlruns)")
+    experiment: str = Field("lavic", description="the MLflow experiment")
 
 
 class TuneConfig(Strict):
     """A Ray Tune search over one stage (``jobs/tune.py``); each trial is a Ray Train run."""
 
-    stage: Literal["stage1", "stage2"] = "stage2"
+    stage: Literal["stage1", "stage2"] = Field("stage2", description="the stage searched: each trial is a whole Ray Train run of it")
     metric: str = Field("valid_hr@1", description="reported metric to optimise (stage 1: valid_ppl)")
-    mode: Literal["max", "min"] = "max"
-    num_samples: int = Field(4, ge=1)
-    max_concurrent_trials: int = Field(2, ge=1, description="trials at once: Ray queues their workers and the autoscaler "
-                                                           "adds nodes (each trial driver holds cpus_per_trial while it waits)")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
+    num_samples: int = Field(4, ge=1, description="trials")
+    max_concurrent_trials: int = Field(2, ge=1, description="trials at once (Ray queues their workers, the autoscaler adds nodes)")
     #: dotted config key -> distribution: {loguniform: [lo, hi]}, {uniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}
-    space: dict[str, dict[str, list]] = {"stage2.lr": {"loguniform": [1e-4, 3e-3]}, "stage2.lora.r": {"choice": [8, 16]}}
+    space: dict[str, dict[str, list]] = Field({"stage2.lr": {"loguniform": [1e-4, 3e-3]}, "stage2.lora.r": {"choice": [8, 16]}}, description="dotted key -> {loguniform|uniform: [lo, hi]}, {choice: [...]} or {randint: [lo, hi]}")
     #: ASHA: trials are compared at these report steps and the worst stopped early
     grace_period: int = Field(1, ge=1, description="reports before a trial may be stopped")
-    reduction_factor: int = Field(2, ge=2)
-    seed: int = 0
+    reduction_factor: int = Field(2, ge=2, description="ASHA: the share of trials kept at each rung is 1 / this")
+    seed: int = Field(0, description="the search's seed")
 
 
 class FetchConfig(Strict):
     """Fetching images by URL (``lavic preprocess``): bounded, timed out, retried with backoff."""
 
     concurrency: int = Field(8, ge=1, description="requests in flight per preprocess worker")
-    timeout_s: float = Field(10.0, gt=0)
+    timeout_s: float = Field(10.0, gt=0, description="seconds per attempt (connect and each read)")
     retries: int = Field(3, ge=0, description="further attempts after timeouts, 5xx/429 and truncated bodies")
     backoff_s: float = Field(0.5, ge=0, description="first wait between attempts; doubles each time")
-    max_bytes: int = Field(20 * 2**20, ge=1)
+    max_bytes: int = Field(20 * 2**20, ge=1, description="the largest image body accepted")
 
 
 class PreprocessConfig(Strict):
@@ -475,7 +400,7 @@ class PreprocessConfig(Strict):
 
     shard_size: int = Field(256, ge=1, description="images per output shard (the unit a rerun skips)")
     workers: int = Field(2, ge=1, description="concurrent shard tasks")
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each preprocessing worker requests")
     store_views: bool = Field(True, description="keep the tiled views (float16) in the shards")
     fetch: FetchConfig = FetchConfig()
 
@@ -484,9 +409,7 @@ class EmbedConfig(ActorPool):
     """``lavic embed``: the item embedding table (Ray Data actor pool)."""
 
     image: Literal["primary", "first_file"] = Field(
-        "primary", description="the image an item's vectors come from: its primary image (the lowest k of its "
-                               "{item_id}_{k}.jpg in the metadata; lavic-ray), or the file {item_id}_0.jpg whether "
-                               "the metadata lists it or not (the reference)")
+        "primary", description="an item's image: primary (its lowest listed k; lavic-ray), or the file {item_id}_0.jpg (the paper)")
 
 
 class DescribeConfig(ActorPool):
@@ -495,13 +418,13 @@ class DescribeConfig(ActorPool):
     #: Text before and after the image's tokens; ``{title}`` is replaced by the item's title. The
     #: default is the paper's instruction (a detailed, visually grounded description that does not
     #: repeat the title); the small preset uses the prompt its vision side was trained with.
-    prefix: str = ("You are a helpful assistant.\nGiven an Amazon product's title and its image, please provide a detailed, "
+    prefix: str = (Field("You are a helpful assistant.\nGiven an Amazon product's title and its image, please provide a detailed, "
                    "visually grounded description of the product that would help someone decide whether to purchase it. "
                    "Focus on the product's appearance, features, and any other visually informative aspects. "
-                   "Do not mention the product's title in your answer. This product's title is: {title}\n")
-    suffix: str = "\n\nAssistant:"
-    max_new_tokens: int = Field(96, ge=1)
-    batch_size: int = Field(8, ge=1)
+                   "Do not mention the product's title in your answer. This product's title is: {title}\n", description="text before an image's tokens ({title}: the item's title); the default is the paper's"))
+    suffix: str = Field("\n\nAssistant:", description="text after the image's tokens")
+    max_new_tokens: int = Field(96, ge=1, description="the longest description generated (greedy)")
+    batch_size: int = Field(8, ge=1, description="images described at once by an actor")
     overwrite: bool = Field(False, description="describe images that already have a description too")
     limit: int | None = Field(None, ge=1, description="describe at most this many images (benchmarks, trials)")
 
@@ -517,9 +440,8 @@ class DownloadConfig(Strict):
 class LavicConfig(Strict):
     """The whole system's configuration."""
 
-    storage_root: str = "lavic_runs/default"
-    seed: int | None = Field(None, description="seeds every step when set (synth, small_model, stage1, stage2, eval, "
-                                               "tune), replacing their own seeds; None: each section's seed")
+    storage_root: str = Field("lavic_runs/default", description="where every artifact goes: a folder (a shared volume on a cluster), or s3://... / gs://...")
+    seed: int | None = Field(None, description="seeds every step when set (synth, small_model, stage1, stage2, eval, tune); None: each section's own seed")
     dataset: DatasetConfig = DatasetConfig()
     synth: SynthConfig = SynthConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
@@ -657,3 +579,45 @@ def load_config(path: str | Path | list[str | Path] | None = None, overrides: li
 def config_to_yaml(cfg: BaseModel) -> str:
     """The resolved configuration as YAML (what artifacts are written beside)."""
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every setting of :class:`LavicConfig`, section by section, with its type, default and
+    description, as the schema says (``python -m lavic_ray.config > docs/config.md``; a test checks it is current)."""
+    import json
+
+    def type_name(f) -> str:
+        return str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+
+    def shown(d) -> str:
+        if isinstance(d, BaseModel):
+            d = d.model_dump(mode="json")
+        text = json.dumps(d) if not isinstance(d, str) else repr(d)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    lines = ["# Configuration reference", "",
+             "Every setting, as `--set section.key=value` or a preset's YAML takes it. Generated from the schema "
+             "(`python -m lavic_ray.config > docs/config.md`); `tests/test_config.py` fails when this file is stale.", ""]
+
+    def section(model: type[BaseModel], prefix: str, values: BaseModel) -> None:
+        rows, subs = [], []
+        for name, f in model.model_fields.items():
+            ann, value = f.annotation, getattr(values, name)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                subs.append((ann, prefix + name, value))
+                continue
+            desc = (f.description or "").replace("|", "\\|")
+            cells = [type_name(f).replace("|", "\\|"), shown(value).replace("|", "\\|")]
+            rows.append(f"| `{prefix}{name}` | `{cells[0]}` | `{cells[1]}` | {desc} |")
+        if rows:
+            lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", ((model.__doc__ or "").strip().splitlines() or [""])[0], "",
+                          "| setting | type | default | what it does |", "|---|---|---|---|", *rows, ""])
+        for sub, name, value in subs:
+            section(sub, name + ".", value)
+
+    section(LavicConfig, "", LavicConfig())
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

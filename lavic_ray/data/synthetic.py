@@ -166,6 +166,13 @@ DUPLICATE_FRACTION = 0.06
 #: share of items with a second image
 SECOND_IMAGE_FRACTION = 0.1
 JPEG_QUALITY = 90
+#: shares of the conversations in train / valid / test
+SPLIT = {"train": 0.75, "valid": 0.10, "test": 0.15}
+#: disjoint item pools: a split's ground truth and candidates come from its own pool, so valid/test ground-truth
+#: items never occur in a training conversation
+POOLS = {"train": 0.60, "valid": 0.15, "test": 0.25}
+#: share of valid/test candidate lists that hold the ground truth (train: all)
+GT_IN_CANDIDATES = 0.9
 
 
 @dataclass(frozen=True)
@@ -331,9 +338,9 @@ def image_size(cfg: SynthConfig) -> int:
     return cfg.image_size or scheme_of(cfg).image_size
 
 
-def _split_counts(total: int, fr) -> dict[str, int]:
-    n_train = round(total * fr.train)
-    n_valid = round(total * fr.valid)
+def _split_counts(total: int, fr: dict[str, float]) -> dict[str, int]:
+    n_train = round(total * fr["train"])
+    n_valid = round(total * fr["valid"])
     return {"train": n_train, "valid": n_valid, "test": total - n_train - n_valid}
 
 
@@ -374,7 +381,7 @@ def make_items(cfg: SynthConfig) -> list[SynthItem]:
     items: list[SynthItem] = []
     for cat in cats:
         members = by_cat[cat]
-        counts = _split_counts(len(members), cfg.pools)
+        counts = _split_counts(len(members), POOLS)
         pools = ["train"] * counts["train"] + ["valid"] * counts["valid"] + ["test"] * counts["test"]
         titles: set[str] = set()
         combos: dict[str, list[tuple[str, ...]]] = defaultdict(list)
@@ -389,13 +396,13 @@ def make_items(cfg: SynthConfig) -> list[SynthItem]:
                 item_id=item_id, category=cat, attrs=attrs, title=title, pool=pool,
                 n_images=2 if rng.random() < SECOND_IMAGE_FRACTION else 1, n_decisive=len(scheme.decisive),
             ))
-    counts = _split_counts(cfg.conversations, cfg.split)
+    counts = _split_counts(cfg.conversations, SPLIT)
     for pool in ("train", "valid", "test"):
         size = sum(it.pool == pool for it in items)
         if counts[pool] and size <= NUM_CANDIDATES:
             raise InvalidInput(
                 f"synth: the {pool} pool would hold {size} items, but a candidate list needs more than "
-                f"{NUM_CANDIDATES}; raise synth.items (now {cfg.items}) or synth.pools.{pool}"
+                f"{NUM_CANDIDATES}; raise synth.items (now {cfg.items}) "
             )
     return items
 
@@ -414,7 +421,7 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> d
     rng = random.Random(f"{cfg.seed}:conversations")
     by_id = {it.item_id: it for it in items}
     retriever.index([it.item_id for it in items], [it.title for it in items])
-    counts = _split_counts(cfg.conversations, cfg.split)
+    counts = _split_counts(cfg.conversations, SPLIT)
     out: dict[str, list[dict]] = {}
     n = NUM_CANDIDATES
     for split in ("train", "valid", "test"):
@@ -430,7 +437,7 @@ def make_conversations(items: list[SynthItem], cfg: SynthConfig, retriever) -> d
             targets.extend(cycle)
         targets = targets[: counts[split]]
         with_gt = set(range(counts[split])) if split == "train" else set(
-            rng.sample(range(counts[split]), round(cfg.gt_in_candidates * counts[split]))
+            rng.sample(range(counts[split]), round(GT_IN_CANDIDATES * counts[split]))
         )
         convs = [format_turns(scheme.conversation(t.category, t.attributes, rng)) for t in targets]
         ranked_all = retriever.search([plain_text(c) for c in convs], k=len(pool), restrict_to=[it.item_id for it in pool])

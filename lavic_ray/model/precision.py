@@ -2,9 +2,10 @@
 
 bf16 autocast pays only where bf16 matmuls are native: CPUs with AVX-512 BF16 or AMX (1.3-1.4x
 over fp32 in the quickstart's stages, bench/RESULTS.md) and GPUs that support bf16. On a CPU
-without them (AVX2 only) PyTorch emulates bf16 matmuls: on an AVX2-only AMD EPYC (2026-12-02) a
-training step of the small model's LLM ran 20x slower than in fp32 (bench/RESULTS.md; the script is in git history) and a
-quickstart stage-1 step took ~127 s against 3.5 s in fp32. ``auto`` therefore picks
+without them PyTorch emulates bf16 matmuls: on an AVX2-only AMD EPYC (2026-12-02) a training step of
+the small model's LLM ran 20x slower than in fp32 (bench/RESULTS.md) and a quickstart stage-1 step took
+~127 s against 3.5 s in fp32; on an AVX-512 Xeon without BF16 (2026-12-07) a 512x2048x2048 matmul took
+148 ms in bf16 against 34 ms in fp32. ``auto`` therefore picks
 ``bf16-mixed`` there and ``fp32`` elsewhere, on the machine that runs the step.
 """
 
@@ -27,12 +28,32 @@ def bf16_is_native(device: torch.device | str = "cpu") -> bool:
     return device.type == "cpu" and _cpu_has_native_bf16()
 
 
-def _cpu_has_native_bf16() -> bool:
-    """oneDNN's own answer: AVX-512 BF16 or AMX on this CPU."""
+#: CPU flags (Linux's /proc/cpuinfo) of native bf16 matmuls: AVX-512 BF16, AMX, Arm's BF16 extension
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+
+def _cpu_flags() -> set[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo (None where there is none: another OS)."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return set()
+
+
+def _cpu_has_native_bf16() -> bool:
+    """bf16 matmuls in hardware: the CPU has AVX-512 BF16, AMX or Arm's BF16 (its flags), and oneDNN may use them
+    (it says no when held to a lower ISA, e.g. ONEDNN_MAX_CPU_ISA=AVX2). oneDNN alone is not enough: it also says yes
+    on AVX-512 CPUs without BF16, where it emulates bf16 (a matmul measured 4.4x slower than fp32 on such a Xeon)."""
+    try:
+        onednn = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+    flags = _cpu_flags()
+    return onednn and (flags is None or any(f in flags for f in NATIVE_BF16_FLAGS))
 
 
 def cpu_summary() -> str:

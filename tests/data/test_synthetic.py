@@ -13,7 +13,7 @@ from PIL import Image
 from lavic_ray.config import SynthConfig
 from lavic_ray.data.layout import Catalog
 from lavic_ray.data.render import COLOURS, PATTERNS
-from lavic_ray.data.synthetic import ATTRIBUTE_WORDS, MANIFEST_FILE, TRUTH_FILE, generate, make_item_ids
+from lavic_ray.data.synthetic import ATTRIBUTE_WORDS, GT_IN_CANDIDATES, MANIFEST_FILE, TRUTH_FILE, generate, make_item_ids
 from lavic_ray.data.validate import validate_root
 
 
@@ -123,7 +123,7 @@ def test_candidate_lists_are_fair(synth_root, synth_cfg):
         if split == "train":
             assert share == 1.0
         else:
-            assert share == pytest.approx(synth_cfg.gt_in_candidates, abs=1 / len(rows))
+            assert share == pytest.approx(GT_IN_CANDIDATES, abs=1 / len(rows))
 
 
 def test_heldout_ground_truth_never_occurs_in_training(synth_root):

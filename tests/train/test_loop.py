@@ -535,3 +535,24 @@ def test_after_a_zero3_run_models_are_built_whole_again(tiny_dir):
 
     assert not is_deepspeed_zero3_enabled()
     assert load_checkpoint(str(tiny_dir)).model.get_input_embeddings().weight.numel() > 0
+
+
+def test_bf16_is_native_only_where_the_cpu_has_bf16_instructions(monkeypatch):
+    """oneDNN says bf16 is supported on any AVX-512 CPU, and emulates it where there is no AVX-512 BF16 or AMX (4.4x
+    slower than fp32 for a matmul on such a Xeon): native bf16 needs the CPU's own flag too."""
+    import torch
+
+    from lavic_ray.model import precision
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
+    assert not precision._cpu_has_native_bf16() and precision.concrete_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+    assert precision._cpu_has_native_bf16() and precision.concrete_precision("auto", "cpu") == "bf16-mixed"
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"amx_bf16", "amx_tile"})
+    assert precision._cpu_has_native_bf16()
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: None)  # no /proc/cpuinfo: oneDNN's answer
+    assert precision._cpu_has_native_bf16()
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)  # held to AVX2
+    monkeypatch.setattr(precision, "_cpu_flags", lambda: {"amx_bf16"})
+    assert not precision._cpu_has_native_bf16()
