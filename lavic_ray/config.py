@@ -587,7 +587,8 @@ def reference_markdown() -> str:
     import json
 
     def type_name(f) -> str:
-        return str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+        return (str(f.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+                .replace("lavic_ray.config.", ""))
 
     def shown(d) -> str:
         if isinstance(d, BaseModel):
@@ -619,5 +620,7 @@ def reference_markdown() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(reference_markdown(), end="")
+if __name__ == "__main__":  # the module's own classes, not __main__'s copies
+    from lavic_ray.config import reference_markdown as _reference
+
+    print(_reference(), end="")
