@@ -81,7 +81,7 @@ def _speed_note(cfg: LavicConfig) -> str | None:
     auto = [s for s, c in fp32 if c.engine.precision == "auto"]
     how = f"{' and '.join(auto)} train in fp32 (engine.precision auto)" if auto else "training runs as configured"
     return (f"note: no native bf16 on this CPU ({cpu_summary()})\n"
-            f"  {how}: about 3x slower, and stage 2 may not learn on every seed (docs/quickstart.md)")
+            f"  {how}: slower than where bf16 is native, and stage 2 may not learn every time (docs/quickstart.md)")
 
 
 def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str, dict]:

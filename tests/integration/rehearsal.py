@@ -173,23 +173,45 @@ class FakeCluster:
         self.env["RAY_ADDRESS"] = f"{_node_ip()}:{self.gcs_port}"
         self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
         self.address = None
+        self.links: list[str] = []
 
     # ------------------------------------------------------------------ namespace
 
     @staticmethod
     def namespace_command() -> list[str] | None:
-        """``unshare`` with a private mount namespace (as root, or in a user namespace), or None if not allowed."""
-        if not shutil.which("unshare"):
+        """``unshare`` with a private mount namespace (as root, or in a user namespace), or None if not allowed (or
+        REHEARSAL_NO_NAMESPACE is set: the symlink fallback, checked on a machine that has both)."""
+        if not shutil.which("unshare") or os.environ.get("REHEARSAL_NO_NAMESPACE"):
             return None
         for cmd in (["unshare", "-m"] if os.geteuid() == 0 else [], ["unshare", "-Urm"]):
             if cmd and subprocess.run([*cmd, "true"], capture_output=True).returncode == 0:
                 return cmd
         return None
 
+    #: the paths the manifests name, and where each is on this machine (the namespace's binds, or the symlinks)
+    ROOTS = ("/mnt/lavic", "/mnt/models", "/opt/lavic-ray")
+
+    @classmethod
+    def can_link(cls) -> bool:
+        """Without a mount namespace, root may put symlinks at the manifests' paths where nothing is."""
+        return os.geteuid() == 0 and not any(os.path.lexists(r) for r in cls.ROOTS)
+
+    @classmethod
+    def available(cls) -> bool:
+        return cls.namespace_command() is not None or cls.can_link()
+
     def _wrap(self, command: str) -> list[str]:
         ns = self.namespace_command()
-        if ns is None:
-            raise RuntimeError("the rehearsal needs a private mount namespace (unshare -m as root, or unshare -Urm)")
+        if ns is None:  # symlinks at the same paths, removed by stop()
+            if not self.can_link():
+                raise RuntimeError("the rehearsal needs a private mount namespace (unshare -m as root, or unshare -Urm), "
+                                   "or root and free /mnt/lavic, /mnt/models, /opt/lavic-ray for symlinks")
+            for root, target in zip(self.ROOTS, (self.mnt / "lavic", self.mnt / "models", REPO)):
+                Path(target).mkdir(parents=True, exist_ok=True)
+                Path(root).parent.mkdir(parents=True, exist_ok=True)
+                os.symlink(target, root)
+                self.links.append(root)
+            return ["sh", "-c", command]
         (self.opt / "lavic-ray").mkdir(parents=True, exist_ok=True)
         binds = (f"mount --bind {self.mnt} /mnt && mount --bind {self.opt} /opt && "
                  f"mount --bind {REPO} /opt/lavic-ray && ")
@@ -285,9 +307,17 @@ class FakeCluster:
             while pids and time.monotonic() < end and self.pids():
                 time.sleep(0.5)
         shutil.rmtree(self.temp, ignore_errors=True)
+        for link in self.links:
+            if os.path.islink(link):
+                os.unlink(link)
+        self.links = []
 
     def __enter__(self):
-        return self.start()
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # what did start (and the symlinks) goes
+            raise
 
     def __exit__(self, *exc):
         self.stop()

@@ -30,8 +30,8 @@ import yaml
 
 from rehearsal import REPO, SUBSTITUTIONS, FakeCluster, free_port, node_types_from_launcher, node_types_from_raycluster
 
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(FakeCluster.namespace_command() is None and not __import__("os").environ.get("CI"),
-                                                          reason="needs a private mount namespace (unshare)")]
+pytestmark = [pytest.mark.integration, pytest.mark.skipif(not FakeCluster.available() and not __import__("os").environ.get("CI"),
+                                                          reason="needs a private mount namespace (unshare), or root")]
 KUBERAY = REPO / "cluster" / "kuberay"
 #: the order of README's cluster section (the RayService comes last)
 ORDER = ["download", "distill", "recommend", "index", "pipeline", "tune"]
