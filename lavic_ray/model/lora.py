@@ -11,8 +11,9 @@ from lavic_ray import storage
 from lavic_ray.config import LoraConfig
 from lavic_ray.errors import InputMissing
 
-#: Stage 1: every attention and MLP projection of the vision tower, and both projector layers.
-VISION_TARGETS = (r".*vision_tower\..*\.(q_proj|k_proj|v_proj|out_proj|fc1|fc2)$"
+#: Stage 1: every attention and MLP projection of the vision tower (CLIP's out_proj, DINOv2's o_proj), and both
+#: projector layers.
+VISION_TARGETS = (r".*vision_tower\..*\.(q_proj|k_proj|v_proj|out_proj|o_proj|fc1|fc2)$"
                   r"|.*multi_modal_projector\.linear_[12]$")
 #: Stage 2: every attention and MLP projection of the language model.
 LLM_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)$"

