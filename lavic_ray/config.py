@@ -140,7 +140,8 @@ class ModelConfig(Strict):
 
     checkpoint: str = Field("llava-hf/llava-v1.6-mistral-7b-hf", description="hub name or local directory (save_pretrained layout)")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="the weights' dtype when loaded (bfloat16 for the 7B on GPUs)")
-    feature_layer: int = Field(-2, description="the vision layer whose [CLS] is taken: -2, LLaVA's projector layer (lavic-ray); -1, last_hidden_state (paper)")
+    feature_layer: int | None = Field(None, description="the [CLS] layer (None: the checkpoint's "
+                                      "projector layer, -2 in LLaVA-v1.6); -1: last_hidden_state (the paper)")
     scale_vectors: bool = Field(True, description="rescale each vector to the LLM's mean token-embedding norm (lavic-ray); false: as projected (the paper)")
     empty_views: Literal["repeat_base", "run_padded"] = Field(
         "repeat_base", description="fewer than 5 views: repeat the base view's vector (lavic-ray), or run the zero-padded views (the paper)")

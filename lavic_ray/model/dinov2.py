@@ -32,6 +32,12 @@ BACKBONE_OUTPUT = "/backbone/layernorm/Add_1_output_0"
 IMAGE_MEAN = [0.485, 0.456, 0.406]
 IMAGE_STD = [0.229, 0.224, 0.225]
 PREFIX = "backbone."
+#: The small model's feature layer on this tower (the LLaVA config's ``vision_feature_layer``, which LaViC's [CLS]
+#: follows by default): the last. DINOv2 forms its [CLS] there (its objective reads the last, normed one); at LLaVA's
+#: -2 the [CLS] is nearly one vector for every image - measured on the products catalog at 56 px, 2.6% of its energy
+#: varies between images at -2 and 24.5% at -1 - and after stage 1 the 5 vectors there named colour and pattern
+#: at chance (0.100 / 0.225; bench/RESULTS.md).
+FEATURE_LAYER = -1
 
 
 def onnx_path() -> Path:

@@ -81,7 +81,7 @@ def test_a_view_size_off_the_patch_grid_is_refused():
 
 def test_a_llava_next_on_the_dinov2_tower_saves_loads_and_gives_lavic_its_cls_vectors(photos, tmp_path):
     """The small model's tower choice, around a tiny language model: LLaVA-Next packs DINOv2's patch tokens, LaViC
-    reads each view's [CLS] at layer -2, stage 1's LoRA reaches every attention and MLP projection of the tower, and
+    reads each view's [CLS] at the tower's feature layer (its last), stage 1's LoRA reaches every attention and MLP projection of the tower, and
     the checkpoint round-trips through save_pretrained / load_checkpoint with DINOv2's normalisation."""
     from transformers import LlamaConfig, LlavaNextForConditionalGeneration
 
@@ -101,7 +101,8 @@ def test_a_llava_next_on_the_dinov2_tower_saves_loads_and_gives_lavic_its_cls_ve
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                        num_key_value_heads=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                        pad_token_id=tok.pad_token_id, tie_word_embeddings=False)
-    model = LlavaNextForConditionalGeneration(_llava_config(vision, text, tok.convert_tokens_to_ids("<image>"), 112))
+    model = LlavaNextForConditionalGeneration(_llava_config(vision, text, tok.convert_tokens_to_ids("<image>"), 112,
+                                                            dinov2.FEATURE_LAYER))
     model.model.vision_tower.load_state_dict(pretrained.state_dict())
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
@@ -112,7 +113,7 @@ def test_a_llava_next_on_the_dinov2_tower_saves_loads_and_gives_lavic_its_cls_ve
     px = ck.image_processor(photos, return_tensors="pt")
     with torch.no_grad():
         vectors = LaViC(ck.model, ck.image_token_id, scale_vectors=False).image_vectors(px["pixel_values"], px["image_sizes"])
-        base_view = pretrained(px["pixel_values"][:, 0], output_hidden_states=True).hidden_states[-2][:, 0]
+        base_view = pretrained(px["pixel_values"][:, 0], output_hidden_states=True).hidden_states[dinov2.FEATURE_LAYER][:, 0]
         tokens = full_token_features(ck.model, px["pixel_values"], px["image_sizes"])
     torch.testing.assert_close(vectors[:, 0], ck.model.model.multi_modal_projector(base_view), rtol=1e-4, atol=1e-4)
     # the base view's 8 x 8 patches and the 16 x 16 tile grid cropped to the photo's aspect (with row ends), not [CLS]s

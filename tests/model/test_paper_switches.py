@@ -166,7 +166,7 @@ def test_paper_presets_hold_the_references_settings():
     assert (p.model.feature_layer, p.model.scale_vectors, p.model.empty_views, p.model.missing_image) == (-1, False, "run_padded", "white_image")
     assert (p.eval.generate.max_new_tokens, p.eval.generate.id_pattern) == (10, "paper") and "lavic-generate" in p.eval.methods
     ours = load_config("jobs/configs/7b.yaml")
-    assert ours.model.feature_layer == -2 and ours.prompts.listwise_cue != p.prompts.listwise_cue
+    assert ours.model.feature_layer is None and ours.prompts.listwise_cue != p.prompts.listwise_cue
     assert NUM_VECTORS == 5
 
 
