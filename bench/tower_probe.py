@@ -3,10 +3,11 @@
     python bench/tower_probe.py --catalog DIR --sizes 56 112                        # the pretrained DINOv2 tower
     python bench/tower_probe.py --catalog DIR --sizes 56 --checkpoint WORKDIR/models/small   # and a built model's
 
-For each image (an item's first) the tower's [CLS] at the layer LaViC reads (-2) on each of the 5 LLaVA-Next
-views, concatenated, standardised; per attribute of ``synth_truth.json`` a softmax regression (L2), its 4-fold
-cross-validated accuracy. This is what a linear reader can take from the tower before any LaViC stage: an upper
-hint of what stage 1 can carry into the vectors, not what it does. The catalog must be synthetic
+For each image (an item's first) the tower's [CLS] on each of the 5 LLaVA-Next views (DINOv2: at layers -2 and
+-1; a checkpoint: at its ``vision_feature_layer``, the one LaViC reads), concatenated: the share of their energy
+that varies between images, and, standardised, per attribute of ``synth_truth.json`` the 4-fold cross-validated
+accuracy of a softmax regression (L2). This is what a linear reader can take from the tower before any LaViC
+stage: a hint of what stage 1 can carry into the vectors, not what it does. The catalog must be synthetic
 (``lavic synth``); a ``--checkpoint`` is read with its own image processor.
 """
 
@@ -23,10 +24,7 @@ import torch
 
 from lavic_ray.model.precision import cpu_summary
 
-LAYER = -2  # LaViC's feature layer
-
-
-def features(tower, image_processor, paths: list[Path], batch: int = 16) -> np.ndarray:
+def features(tower, image_processor, paths: list[Path], layer: int, batch: int = 16) -> np.ndarray:
     from PIL import Image
 
     out = []
@@ -35,9 +33,16 @@ def features(tower, image_processor, paths: list[Path], batch: int = 16) -> np.n
             ims = [Image.open(p).convert("RGB") for p in paths[b: b + batch]]
             px = image_processor(ims, return_tensors="pt")["pixel_values"]
             n, views = px.shape[:2]
-            cls = tower(px.flatten(0, 1), output_hidden_states=True).hidden_states[LAYER][:, 0]
+            cls = tower(px.flatten(0, 1), output_hidden_states=True).hidden_states[layer][:, 0]
             out.append(cls.view(n, views, -1).flatten(1).numpy())
     return np.concatenate(out)
+
+
+def varying_share(x: np.ndarray, views: int = 5) -> float:
+    """The share of the [CLS] vectors' energy that varies between images (per view, averaged): near 0, every image
+    gives nearly the same vector, and after the projector's rescaling the LLM sees one vector for all."""
+    v = torch.tensor(x).view(len(x), views, -1)
+    return round(float((v - v.mean(0)).pow(2).sum(-1).mean() / v.pow(2).sum(-1).mean()), 3)
 
 
 def probe(x: np.ndarray, labels: dict[str, list[str]], folds: int = 4, l2: float = 1e-2) -> dict[str, float]:
@@ -85,19 +90,24 @@ def main() -> None:
     attrs = [a for a in truth[ids[0]] if a != "pool"]
     labels = {a: [truth[i][a] for i in ids] for a in attrs}
     rows = {}
+
+    def row(name, tower, processor, layer):
+        t = time.monotonic()
+        x = features(tower, processor, paths, layer)
+        rows[f"{name}, layer {layer}"] = {"varying_share": varying_share(x), **probe(x, labels),
+                                          "seconds": round(time.monotonic() - t, 1)}
+
     for size in args.sizes:
-        t = time.monotonic()
         _, tower, norm = small_vision_tower("dinov2", size)
-        rows[f"dinov2 @ {size} px"] = {**probe(features(tower, make_image_processor(size, **norm), paths), labels),
-                                       "seconds": round(time.monotonic() - t, 1)}
+        for layer in (-2, -1):
+            row(f"dinov2 @ {size} px", tower, make_image_processor(size, **norm), layer)
     if args.checkpoint:
-        t = time.monotonic()
         ck = load_checkpoint(args.checkpoint)
-        rows[f"checkpoint {args.checkpoint}"] = {**probe(features(ck.model.model.vision_tower, ck.image_processor, paths),
-                                                         labels), "seconds": round(time.monotonic() - t, 1)}
-    print("| tower | " + " | ".join(attrs) + " |\n|---|" + "---|" * len(attrs))
+        row(f"checkpoint {args.checkpoint}", ck.model.model.vision_tower, ck.image_processor,
+            int(ck.model.config.vision_feature_layer))
+    print("| tower | varying share | " + " | ".join(attrs) + " |\n|---|---|" + "---|" * len(attrs))
     for name, r in rows.items():
-        print(f"| {name} | " + " | ".join(f"{r[a]:.3f}" for a in attrs) + " |")
+        print(f"| {name} | {r['varying_share']:.3f} | " + " | ".join(f"{r[a]:.3f}" for a in attrs) + " |")
     if args.out:
         args.out.write_text(json.dumps({"date": str(date.today()), "cpu": cpu_summary(), "catalog": str(args.catalog),
                                         "images": len(paths), "rows": rows}, indent=1))

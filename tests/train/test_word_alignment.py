@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lavic_ray.train.run import run_local
-from lavic_ray.train.stage1 import description_targets, word_alignment_loss
+from lavic_ray.model.alignment import description_targets, word_alignment_loss
 from tests.train.test_loop import tiny_cfg
 
 
