@@ -80,7 +80,6 @@ def main() -> None:
     ap.add_argument("--checkpoint", help="also probe this checkpoint's tower (e.g. a quickstart's models/small)")
     ap.add_argument("--out", type=Path, help="JSON results")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     from lavic_ray.model.checkpoints import load_checkpoint, make_image_processor, small_vision_tower
 

@@ -177,7 +177,7 @@ def cmd_small_model(args) -> int:
 
     sm_keys = {k: f"small_model.{k}" for k in ("epochs", "lr", "batch_size", "max_images", "llm_lora_r",
                                                  "contrastive_epochs", "vision_image_size", "tower_lr_scale", "step_budget",
-                                                 "contrastive_step_budget")} | {"model_seed": "small_model.seed"}
+                                                 "contrastive_step_budget", "tower")} | {"model_seed": "small_model.seed"}
     cfg = _load(args, _flag_overrides(args, sm_keys))
     with _long_command(args, args.out, "small-model") as console:
         with console.step("small model"):
@@ -445,7 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     for flag, kind in (("epochs", int), ("lr", float), ("batch-size", int), ("max-images", int), ("llm-lora-r", int),
                        ("contrastive-epochs", int), ("vision-image-size", int), ("tower-lr-scale", float),
-                       ("step-budget", int), ("contrastive-step-budget", int)):
+                       ("step-budget", int), ("contrastive-step-budget", int), ("tower", str)):
         key = flag.replace("-", "_")
         p.add_argument(f"--{flag}", type=kind, help=f"small_model.{key}: {sm[key].description or ''} "
                                                     f"(default {sm[key].default})")

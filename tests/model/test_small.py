@@ -95,3 +95,25 @@ def test_the_projector_alignment_trains_the_projector_alone_towards_the_descript
     assert len(history) == 10 and history[0] > 2.0 and history[-1] < 0.6 * history[0], history
     moved = {n for n, p in tiny.model.named_parameters() if not torch.equal(before[n], p.detach())}
     assert moved and all("multi_modal_projector" in n for n in moved)
+
+
+def test_each_tower_brings_its_own_view_size_and_contrastive_step(tiny_dir, synth_root, tmp_path, monkeypatch):
+    """``None`` is the tower's own: the scratch tower is trained contrastively at 112 px, the pretrained DINOv2 is
+    not, at 56 px, and its projector is aligned first; a given value wins (the record says what ran)."""
+    import json
+
+    import lavic_ray.model.small as small
+    from lavic_ray.model.checkpoints import load_checkpoint
+
+    calls = []
+    monkeypatch.setattr(small, "build_small_base", lambda **kw: calls.append(("base", kw)) or load_checkpoint(str(tiny_dir)))
+    monkeypatch.setattr(small, "contrastive_pretrain_vision", lambda ck, cat, epochs, **kw: calls.append(("contrastive", epochs)) or [])
+    monkeypatch.setattr(small, "align_projector", lambda ck, cat, **kw: calls.append(("align",)) or [])
+    monkeypatch.setattr(small, "train_vision_side", lambda *a, **kw: calls.append(("full-token",)) or [])
+    for tower, size, expected in (("scratch", None, [("contrastive", 40), ("full-token",)]),
+                                  ("dinov2", None, [("align",), ("full-token",)]), ("dinov2", 112, [("align",), ("full-token",)])):
+        calls.clear()
+        out = small.build_small_model(synth_root, tmp_path / f"{tower}{size}", tower=tower, vision_image_size=size)
+        want = size or {"scratch": 112, "dinov2": 56}[tower]
+        assert calls == [("base", {"vision_image_size": want, "seed": 0, "tower": tower}), *expected]
+        assert json.loads((out / "lavic_small_model.json").read_text())["vision_image_size"] == want
