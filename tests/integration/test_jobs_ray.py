@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -64,13 +65,13 @@ def head():
     # ray 2.60 turns token auth on for clusters it starts; its CLIs do not always detect that by
     # themselves (seen: `ray job submit` refusing with "RAY_AUTH_MODE is currently 'disabled'")
     env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "RAY_AUTH_MODE": "token"}
-    port, dash = _free_ports(2)
+    port, dash, agent = _free_ports(3)  # the agent's port too: its default (52365) is taken by any other Ray here
     ray_cli = str(bin_dir / "ray")
     # its own temp dir marks this cluster's processes: the teardown stops them, not every Ray on the machine
     # (`ray stop` would also stop a user's own local Ray)
     temp = tempfile.mkdtemp(prefix="lrt_", dir="/tmp")
     start = subprocess.run([ray_cli, "start", "--head", f"--port={port}", "--num-cpus=2", "--dashboard-host=127.0.0.1",
-                            f"--dashboard-port={dash}", f"--temp-dir={temp}", "--disable-usage-stats"], env=env,
+                            f"--dashboard-port={dash}", f"--dashboard-agent-listen-port={agent}", f"--temp-dir={temp}", "--disable-usage-stats"], env=env,
                            capture_output=True, text=True, timeout=180)
     assert start.returncode == 0, start.stderr[-3000:]
     yield env, f"http://127.0.0.1:{dash}"
@@ -78,7 +79,7 @@ def head():
     shutil.rmtree(temp, ignore_errors=True)
 
 
-def _stop_processes_of(marker: str, grace_s: float = 20) -> None:
+def _stop_processes_of(marker: str, grace_s: float = 5) -> None:
     """Terminate (then kill) the processes whose command line names ``marker``; their workers exit with them."""
     import psutil
 
@@ -95,27 +96,32 @@ def _stop_processes_of(marker: str, grace_s: float = 20) -> None:
             p.kill()
 
 
-def test_ray_job_submit_runs_the_pipeline_then_a_single_stage_job(head, tmp_path):
+def test_ray_job_submit_runs_the_small_presets_single_stage_jobs_as_their_headers_say(head, tmp_path, synth_root, tiny_dir):
+    """`ray job submit --working-dir . -- python jobs/<job>.py --config jobs/configs/<job>_small.yaml`, as each small
+    preset's header says: the working directory ships lavic_ray, and recommend picks up distill's adapter and embeds
+    the item table itself. (The pipeline job is the quickstart, run by test_quickstart; the 7B presets' chain, the
+    pipeline included, by the rehearsal.)"""
     env, address = head
     storage = tmp_path / "runs"
-    tiny = ["model.checkpoint=tiny", "synth.items=96", "synth.conversations=60", "stage1.max_steps=2", "stage2.max_steps=2",
-            "stage1.engine.kind=torch", "stage2.engine.kind=torch", f"storage_root={storage}"]
+    tiny = [f"model.checkpoint={tiny_dir}", f"dataset.root={synth_root}", "dataset.domain=synthetic", "stage1.max_steps=2",
+            "stage2.max_steps=3", "stage1.engine.kind=torch", "stage2.engine.kind=torch", "stage2.eval_limit=4",
+            "embed.batch_size=64", f"storage_root={storage}"]
 
-    def submit(job: str, *overrides: str) -> subprocess.CompletedProcess:
+    def submit(job: str) -> dict:
         cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-               "--", "python", f"jobs/{job}.py", "--config", f"jobs/configs/{job}_small.yaml", *tiny, *overrides]
-        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+               "--", "python", f"jobs/{job}.py", "--config", f"jobs/configs/{job}_small.yaml", *tiny]
+        for _ in range(12):  # a fresh head's job agent can take a while on a busy machine; Ray says to try again
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+            if "No available agent to submit job" not in done.stderr:
+                break
+            time.sleep(5)
+        assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
+        return json.loads([line for line in done.stdout.splitlines() if line.startswith("{")][-1])
 
-    done = submit("pipeline")
-    assert done.returncode == 0 and "succeeded" in done.stdout, (done.stdout + done.stderr)[-4000:]
-    for d in ("stage1", "stage2/lavic", "stage2/lavic-title-only"):  # the preset trains job.variants
-        assert (storage / d / "adapter" / "adapter_config.json").is_file(), d
-    assert (storage / "report" / "report.md").is_file()
-    # a single-stage job picks up the pipeline's artifacts: retrain one variant, with an override
-    shutil.rmtree(storage / "stage2" / "lavic-title-only")
-    again = submit("recommend", "job.variant=lavic-title-only", "stage2.max_steps=3")
-    assert again.returncode == 0, (again.stdout + again.stderr)[-4000:]
-    result = json.loads([line for line in again.stdout.splitlines() if line.startswith("{")][-1])
-    assert result["stage2_dir"].endswith("stage2/lavic-title-only") and result["table"] is None
-    history = json.loads((storage / "stage2" / "lavic-title-only" / "history.json").read_text())
+    distilled = submit("distill")
+    assert (storage / "stage1" / "adapter" / "adapter_config.json").is_file() and distilled["stage1"].endswith("stage1")
+    result = submit("recommend")  # job.variant: lavic, the preset's
+    assert result["stage2_dir"].endswith("stage2/lavic") and result["table"].endswith(".parquet")
+    assert (storage / "stage2" / "lavic" / "adapter" / "adapter_config.json").is_file()
+    history = json.loads((storage / "stage2" / "lavic" / "history.json").read_text())
     assert max(h["step"] for h in history) == 3
