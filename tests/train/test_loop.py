@@ -3,6 +3,7 @@
 import json
 import math
 import shutil
+import tempfile
 from pathlib import Path
 import random
 
@@ -402,6 +403,9 @@ def test_under_ray_train_the_best_adapter_is_rays_best_checkpoint(tmp_path):
         def __init__(self):
             self.reported = []
 
+        def new_checkpoint_dir(self):  # under the test's folder, not /tmp (Ray Train's reporter removes its own)
+            return Path(tempfile.mkdtemp(dir=tmp_path))
+
         def report(self, metrics, checkpoint_dir=None):
             if checkpoint_dir is not None:
                 kept = tmp_path / "ckpts" / f"step{metrics['step']}"
@@ -463,6 +467,9 @@ def test_under_ray_train_a_tie_keeps_the_earlier_best(tmp_path):
 
         def __init__(self):
             self.scores = {}
+
+        def new_checkpoint_dir(self):
+            return Path(tempfile.mkdtemp(dir=tmp_path))
 
         def report(self, metrics, checkpoint_dir=None):
             if checkpoint_dir is not None:
