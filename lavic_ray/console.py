@@ -126,6 +126,8 @@ class Console:
                         continue
                     if p == seen:
                         continue
+                    if seen is None:  # the rate (and the ETA) counts from the first step seen: a resumed run
+                        _rebase(bar, p.get("step", 0))  # starts at its checkpoint's step, not at 0
                     seen = p
                     bar.total = p.get("total")
                     bar.n = p.get("step", 0)
@@ -141,6 +143,12 @@ class Console:
             t.join(timeout=5)
 
 
+def _rebase(bar, n: int) -> None:
+    """Count a bar's rate from step ``n`` now (tqdm's ``initial``): the steps before were done by an earlier run."""
+    bar.n = bar.initial = n
+    bar.start_t = bar._time() if hasattr(bar, "_time") else time.monotonic()
+
+
 #: where progress is not on a terminal: a plain line this often (seconds)
 PLAIN_EVERY_S = 30.0
 
@@ -151,8 +159,8 @@ class _PlainProgress:
 
     def __init__(self, console: Console, total: int | None, desc: str, unit: str):
         self.console, self.total, self.desc, self.unit = console, total, desc, unit
-        self.n, self.postfix = 0, ""
-        self.t0 = self.last = time.monotonic()
+        self.n, self.initial, self.postfix = 0, 0, ""
+        self.t0 = self.start_t = self.last = time.monotonic()
         self.printed_n = None
 
     def update(self, k: int = 1) -> None:
@@ -175,8 +183,8 @@ class _PlainProgress:
         elapsed = now - self.t0
         done = f"{self.n}/{self.total} {self.unit}s" if self.total else f"{self.n} {self.unit}s"
         pct = f" ({100 * self.n / self.total:.0f}%)" if self.total else ""
-        eta = (f", ETA {fmt_seconds(elapsed / self.n * (self.total - self.n))}"
-               if self.total and 0 < self.n < self.total else "")
+        rate = (self.n - self.initial) / max(now - self.start_t, 1e-9)
+        eta = f", ETA {fmt_seconds((self.total - self.n) / rate)}" if self.total and rate > 0 and self.n < self.total else ""
         line = f"  {self.desc}: {done}{pct}, {fmt_seconds(elapsed)}{eta}" + (f", {self.postfix}" if self.postfix else "")
         if self.console.enabled:
             with self.console._lock:

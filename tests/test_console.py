@@ -94,3 +94,20 @@ def test_off_a_terminal_progress_is_a_plain_line_now_and_then(monkeypatch):
             bar.update(1)
     lines = err.getvalue().splitlines()
     assert len(lines) == 3 and all(len(line) <= 160 for line in lines) and "ETA" in lines[0]
+
+
+def test_a_resumed_runs_eta_counts_only_the_steps_this_run_made(monkeypatch):
+    """A run resumed at step 150 of 240 that makes 10 steps in 40 s has 80 left: 5m20s, not the 21 s that 160 steps
+    in 40 s would say."""
+    clock = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(console, "PLAIN_EVERY_S", 0.0)
+    err = io.StringIO()
+    c = console.Console(io.StringIO(), err)
+    with c.progress(None, "stage 2 lavic", "step") as bar:
+        console._rebase(bar, 150)
+        bar.total = 240
+        clock[0] += 40
+        bar.n = 160
+        bar.refresh()
+    assert "160/240 steps (67%), 40s, ETA 5m20s" in err.getvalue().splitlines()[0]
