@@ -8,7 +8,7 @@ from typing import Literal
 
 import torch
 
-from lavic_ray.config import LavicConfig, StageConfig
+from lavic_ray.config import ModelConfig, StageConfig
 from lavic_ray.model.build import build_lavic
 from lavic_ray.model.checkpoints import Checkpoint
 from lavic_ray.model.lavic import LaViC
@@ -35,7 +35,7 @@ def zero3_config(stage_cfg: StageConfig) -> dict | None:
     return ds if ds.get("zero_optimization", {}).get("stage") == 3 else None
 
 
-def trainable_lavic(cfg: LavicConfig, stage_cfg: StageConfig, where: Literal["vision", "llm"]) -> tuple[LaViC, Checkpoint]:
+def trainable_lavic(model_cfg: ModelConfig, stage_cfg: StageConfig, where: Literal["vision", "llm"]) -> tuple[LaViC, Checkpoint]:
     """The model a stage trains: the checkpoint with a fresh LoRA on ``where``, on this worker's device.
 
     Under ZeRO-3 the checkpoint is built inside ``deepspeed.zero.Init`` (transformers does it while a
@@ -43,7 +43,7 @@ def trainable_lavic(cfg: LavicConfig, stage_cfg: StageConfig, where: Literal["vi
     model larger than one GPU can be trained on several, and DeepSpeed, not this function, places the weights."""
     ds = zero3_config(stage_cfg)
     if ds is None:
-        return build_lavic(cfg.model, train_lora=where, lora=stage_cfg.lora,
+        return build_lavic(model_cfg, train_lora=where, lora=stage_cfg.lora,
                            gradient_checkpointing=stage_cfg.engine.gradient_checkpointing, device=train_device(stage_cfg))
     from lavic_ray.hardware import collective_backend, cuda_available
     from lavic_ray.train.engine import ensure_process_group
@@ -54,7 +54,7 @@ def trainable_lavic(cfg: LavicConfig, stage_cfg: StageConfig, where: Literal["vi
 
     zero3 = HfDeepSpeedConfig(ds)  # transformers holds a weak reference: alive while the model is built, and no longer
     try:
-        return build_lavic(cfg.model, train_lora=where, lora=stage_cfg.lora,
+        return build_lavic(model_cfg, train_lora=where, lora=stage_cfg.lora,
                            gradient_checkpointing=stage_cfg.engine.gradient_checkpointing, device=None)
     finally:
         del zero3

@@ -32,13 +32,15 @@ def stage_config(cfg: LavicConfig, stage: Stage) -> StageConfig:
 
 
 def _make_task(stage: Stage, cfg: LavicConfig, table: str | None):
+    """The stage's task, given what it reads: its stage config, the dataset, the model and the prompts."""
+    parts = (stage_config(cfg, stage), cfg.dataset, cfg.model, cfg.prompts)
     if stage == "stage1":
         from lavic_ray.train.stage1 import Stage1Task
 
-        return Stage1Task(cfg)
+        return Stage1Task(*parts)
     from lavic_ray.train.stage2 import Stage2Task
 
-    return Stage2Task(cfg, table)
+    return Stage2Task(*parts, table)
 
 
 def _tracker(stage: Stage, cfg: LavicConfig, out_dir: Path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from lavic_ray.config import LavicConfig
+from lavic_ray.config import DatasetConfig, ModelConfig, PromptsConfig, Stage1Config
 from lavic_ray.data.dataset import Dataset
 from lavic_ray.data.layout import Catalog
 from lavic_ray.errors import InvalidInput
@@ -71,15 +71,14 @@ class Stage1Task(Task):
     best_metric = "valid_ppl"
     higher_is_better = False
 
-    def __init__(self, cfg: LavicConfig):
-        self.cfg = cfg
-        self.scfg = cfg.stage1
-        dataset = Dataset.from_config(cfg.dataset)
+    def __init__(self, scfg: Stage1Config, dataset_cfg: DatasetConfig, model_cfg: ModelConfig, prompts: PromptsConfig):
+        self.scfg = scfg
+        dataset = Dataset.from_config(dataset_cfg)
         examples = stage1_examples(dataset.catalog())  # teacher descriptions from lavic describe, when set
         if not examples:
             raise InvalidInput(f"no image with a description in {dataset.root}: stage 1 has nothing to distil (run lavic describe)")
-        self.model, self.ck = trainable_lavic(cfg, self.scfg, "vision")
-        self.builder = prompt_builder(self.ck, cfg.prompts, self.scfg.max_length)
+        self.model, self.ck = trainable_lavic(model_cfg, scfg, "vision")
+        self.builder = prompt_builder(self.ck, prompts, scfg.max_length)
         if self.scfg.split == "files":  # the release's own split: item2meta_train.json trains, item2meta_valid.jsonl validates
             train_ids = set(Catalog.load(dataset.items_train, dataset.images_dir).ids()) if dataset.items_train.is_file() else set()
             heldout = [e.item_id not in train_ids for e in examples]
@@ -89,7 +88,7 @@ class Stage1Task(Task):
         self.valid_set = [e for e, h in zip(examples, heldout) if h][: self.scfg.eval_limit]
         if not self.train_set:
             raise InvalidInput(f"stage 1 has no training images in {dataset.root} (stage1.split={self.scfg.split})")
-        self._views = ViewCache(self.ck.image_processor, missing=cfg.model.missing_image)
+        self._views = ViewCache(self.ck.image_processor, missing=model_cfg.missing_image)
         if self.scfg.word_alignment > 0:
             texts = sorted({e.description for e in self.train_set})
             weight = self.model.base.get_input_embeddings().weight

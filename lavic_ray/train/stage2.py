@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lavic_ray.config import LavicConfig, Stage2Config
+from lavic_ray.config import DatasetConfig, ModelConfig, PromptsConfig, Stage2Config
 from lavic_ray.data.dataset import Dataset
 from lavic_ray.errors import InvalidInput
 from lavic_ray.eval.metrics import Judged, aggregate, rank_by_scores
@@ -26,14 +26,13 @@ class Stage2Task(Task):
     best_metric = "valid_hr@1"
     higher_is_better = True
 
-    def __init__(self, cfg: LavicConfig, table: str | Path | None):
-        self.cfg = cfg
-        self.scfg: Stage2Config = cfg.stage2
-        s = self.scfg
+    def __init__(self, scfg: Stage2Config, dataset_cfg: DatasetConfig, model_cfg: ModelConfig, prompts: PromptsConfig,
+                 table: str | Path | None):
+        self.scfg = s = scfg
         self.formulation = make_formulation(s)
         if s.use_images and table is None:
             raise InvalidInput("stage 2 with images needs the item embedding table (lavic embed); or set stage2.use_images=false")
-        dataset = Dataset.from_config(cfg.dataset)
+        dataset = Dataset.from_config(dataset_cfg)
         self.catalog = dataset.catalog()
         train = dataset.conversations("train", (s.candidates_key,))
         self.valid = dataset.conversations("valid", (s.candidates_key,), required=False)[: s.eval_limit]
@@ -41,8 +40,8 @@ class Stage2Task(Task):
         if missing:
             raise InvalidInput(f"{len(missing)} candidate/ground-truth items have no metadata in {dataset.root} (e.g. {missing[:3]})")
         self.table = VectorTable.load(table) if s.use_images else None
-        self.model, self.ck = trainable_lavic(cfg, s, "llm")
-        self.builder = prompt_builder(self.ck, cfg.prompts, stage2=s)
+        self.model, self.ck = trainable_lavic(model_cfg, s, "llm")
+        self.builder = prompt_builder(self.ck, prompts, stage2=s)
         self.samples = self.formulation.samples(train, s.candidates_key, s.seed,
                                                 self.table.similarity if self.table is not None else None)
 

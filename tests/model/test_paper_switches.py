@@ -123,11 +123,13 @@ def test_stage1_split_heldout_or_the_release_files(tmp_path, mistral_dir, synth_
     from lavic_ray.train.stage1 import Stage1Task
 
     base = [f"model.checkpoint={mistral_dir}", f"dataset.root={synth_root}", "stage1.eval_limit=1000"]
-    files = Stage1Task(load_config(None, base + ["stage1.split=files"]))
+    files_cfg = load_config(None, base + ["stage1.split=files"])
+    files = Stage1Task(files_cfg.stage1, files_cfg.dataset, files_cfg.model, files_cfg.prompts)
     train_ids = set(json.loads((synth_root / "item2meta_train.json").read_text()))
     assert {e.item_id for e in files.train_set} == train_ids
     assert not {e.item_id for e in files.valid_set} & train_ids and files.valid_set
-    held = Stage1Task(load_config(None, base))
+    held_cfg = load_config(None, base)
+    held = Stage1Task(held_cfg.stage1, held_cfg.dataset, held_cfg.model, held_cfg.prompts)
     assert {e.item_id for e in held.valid_set} & train_ids  # hashed: drawn from both files
 
 

@@ -522,7 +522,7 @@ def test_zero3_builds_the_model_sharded_and_saves_a_whole_adapter(tmp_path, tiny
                              "stage2.engine.zero_stage=3", "stage2.engine.micro_batch_size=2", "stage2.max_steps=2",
                              "stage2.eval_every=2", "stage2.eval_limit=4", "stage2.max_length=512", "stage2.log_every=1",
                              "stage2.use_images=false"])
-    model, _ = trainable_lavic(cfg, cfg.stage2, "llm")
+    model, _ = trainable_lavic(cfg.model, cfg.stage2, "llm")
     weight = model.base.get_input_embeddings().weight
     assert weight.numel() == 0 and tuple(weight.ds_shape) == (1024, 64)  # sharded from the start, never whole here
     assert torch.isfinite(model.text_norm) and float(model.text_norm) > 0  # read from the gathered embeddings
