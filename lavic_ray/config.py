@@ -275,8 +275,6 @@ class StageConfig(Strict):
     lr: float = Field(5e-5, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(1e-5, ge=0, description="AdamW weight decay")
     warmup_steps: int = Field(0, ge=0, description="optimizer steps of linear warm-up")
-    fp32_warmup_steps: int | None = Field(
-        None, ge=0, description="the warmup where the stage trains in fp32 (None: warmup_steps); docs/quickstart.md says why 30")
     lr_decay: Literal["constant", "linear", "cosine"] = Field(
         "constant", description="after the warmup: constant (the paper's), or decaying to 0 at the last step (linear, cosine)")
     epochs: int = Field(5, ge=1, description="passes over the training examples")
@@ -290,24 +288,18 @@ class StageConfig(Strict):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each Ray Train worker requests")
     placement: Literal["PACK", "STRICT_PACK", "SPREAD"] = Field(
         "PACK", description="the workers' placement group: STRICT_PACK keeps a multi-GPU run on one node, SPREAD, PACK")
-    elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when its node's CPUs fall idle")
     log_every: int = Field(10, ge=1, description="optimizer steps between the log lines and progress of a run")
     checkpoint_every: int = Field(0, ge=0, description="optimizer steps between checkpoints (0: at each evaluation)")
     eval_every: int = Field(0, ge=0, description="optimizer steps between validations (0: once per epoch)")
     eval_limit: int | None = Field(None, ge=1, description="validation examples (None: all)")
     keep: Literal["best", "last"] = Field("best", description="the adapter kept in <stage dir>/adapter: the best on "
                                                               "validation (lavic-ray) or the last step's (the reference)")
-    patience: int | None = Field(None, ge=1, description="early stopping: stop after this many validations in a row "
-                                                          "without an improvement of min_delta (None: run every step)")
-    min_delta: float = Field(0.0, ge=0, description="early stopping: the smallest change of the validation metric that "
-                                                    "counts as an improvement")
-    min_steps: int = Field(0, ge=0, description="early stopping: never before this optimizer step")
     group_by_length: bool = Field(True, description="micro-batches of similar length (less padding), sorted within windows of 32, then shuffled")
 
+
     def warmup_for(self, precision: str) -> int:
-        """The warmup of this stage where it trains in ``precision`` (concrete: fp32, bf16-mixed, ...):
-        ``fp32_warmup_steps`` in fp32 where it is set, else ``warmup_steps``."""
-        return self.fp32_warmup_steps if precision == "fp32" and self.fp32_warmup_steps is not None else self.warmup_steps
+        """The warmup of this stage where it trains in ``precision`` (concrete: fp32, bf16-mixed, ...)."""
+        return self.warmup_steps
 
     def run_resources(self) -> tuple[str, float]:
         """The resource one Ray Train run of this stage holds, and how much of it: a GPU per worker, else its CPUs."""
@@ -343,6 +335,19 @@ class Stage2Config(StageConfig):
         "auto", description="how candidates share a prompt: packed (one pass, block mask), cache (KV copies), none; auto: packed")
     use_images: bool = Field(True, description="give each candidate its 5 vectors (false: title only, the paper's ablation)")
     candidates_key: str = Field("candidates_st", description="the candidate list stage 2 trains on (candidates_st: SBERT's top 10)")
+    # stage 2 only: the quickstart's fp32 warm-up, its early stopping, and the two variants that share a machine
+    fp32_warmup_steps: int | None = Field(
+        None, ge=0, description="the warmup where the stage trains in fp32 (None: warmup_steps); docs/quickstart.md says why 30")
+    elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when its node's CPUs fall idle")
+    patience: int | None = Field(None, ge=1, description="early stopping: stop after this many validations in a row "
+                                                          "without an improvement of min_delta (None: run every step)")
+    min_delta: float = Field(0.0, ge=0, description="early stopping: the smallest change of the validation metric that "
+                                                    "counts as an improvement")
+    min_steps: int = Field(0, ge=0, description="early stopping: never before this optimizer step")
+
+    def warmup_for(self, precision: str) -> int:
+        """``fp32_warmup_steps`` where the stage trains in fp32 and it is set, else ``warmup_steps``."""
+        return self.fp32_warmup_steps if precision == "fp32" and self.fp32_warmup_steps is not None else self.warmup_steps
 
 
 class JobConfig(Strict):

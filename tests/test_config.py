@@ -27,6 +27,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
         ("synth.items=3", "synth.items"),
         ("synth.items=many", "synth.items"),
         ("synth.decisive=[motif,build]", "gadgets scheme only"),
+        ("stage1.patience=2", "stage1.patience: unknown key"),  # early stopping, the fp32 warm-up: stage 2's
     ],
 )
 def test_bad_overrides_name_the_path(override, expected):

@@ -172,7 +172,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
             if not stepped:
                 continue
             state.step += 1
-            if cfg.elastic_threads and not cfg.use_gpu and state.step % 10 == 0:
+            if getattr(cfg, "elastic_threads", False) and not cfg.use_gpu and state.step % 10 == 0:  # stage 2's
                 _grow_threads(task.name)
             if rank == 0:
                 _write_progress(out_dir, state, total_steps, window_loss / max(window_n, 1), time.monotonic() - t0, start_step)
@@ -268,7 +268,8 @@ def _grow_threads(name: str) -> None:
 def _should_stop(cfg: StageConfig, state: TrainState) -> str | None:
     """Early stopping after a validation: ``patience`` validations without improvement (past ``min_steps``). No time
     cap: it made where a run stops depend on the machine's speed (docs/history.md)."""
-    if cfg.patience is not None and state.step >= cfg.min_steps and state.since_improved >= cfg.patience:
+    patience = getattr(cfg, "patience", None)  # stage 2's (stage 1 runs every step)
+    if patience is not None and state.step >= cfg.min_steps and state.since_improved >= patience:
         return "patience"
     return None
 
@@ -301,7 +302,7 @@ def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, e
     with torch.no_grad(), engine.precision():
         m = task.validate(module)
     value = m.get(task.best_metric)
-    keep, min_delta = (cfg.keep, cfg.min_delta) if cfg is not None else ("best", 0.0)
+    keep, min_delta = (cfg.keep, getattr(cfg, "min_delta", 0.0)) if cfg is not None else ("best", 0.0)
     if value is not None and math.isfinite(value):
         sign = 1 if task.higher_is_better else -1
         improved = state.best is None or sign * (value - state.best) > min_delta
