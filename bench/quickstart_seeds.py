@@ -20,7 +20,7 @@ oneDNN and MKL held to AVX2 (``ATEN_CPU_CAPABILITY``, ``ONEDNN_MAX_CPU_ISA``, ``
 CPU with AVX-512 BF16 it then reports ``AVX2, bf16 emulated``, so ``engine.precision: auto`` trains in fp32 with
 the kernels an AVX2-only CPU uses - the quickstart's fp32 path as such a CPU takes it, on whatever machine is at
 hand. It samples that path; it does not replay another CPU's run (measured: the same seed's build already
-differed from the AVX2-only machine's; bench/RESULTS.md, "The quickstart held to AVX2").
+differed from the AVX2-only machine's; docs/history.md, "The quickstart held to AVX2").
 """
 
 from __future__ import annotations

@@ -337,7 +337,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
 
 
 #: Per tower, what ``None`` means for its view size and contrastive epochs: the scratch tower's measured preset
-#: (bench/RESULTS.md, "step budgets"); DINOv2 at 56 px reads every decisive attribute of both synthetic schemes
+#: (docs/history.md, "Step budgets"); DINOv2 at 56 px reads every decisive attribute of both synthetic schemes
 #: linearly (bench/tower_probe.py) and, pretrained, needs no contrastive step.
 TOWER_DEFAULTS = {"scratch": {"vision_image_size": 112, "contrastive_epochs": 40},
                   "dinov2": {"vision_image_size": 56, "contrastive_epochs": 0}}
