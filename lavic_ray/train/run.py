@@ -67,8 +67,25 @@ def run_local(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | 
     return final
 
 
+def schema_fingerprint() -> str:
+    """A short hash of the configuration schema: the driver sends it with the config, and a worker whose lavic_ray
+    differs (an image that differs between head and worker groups, code changed under a running job) says so."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(LavicConfig.model_json_schema(), sort_keys=True).encode()).hexdigest()[:12]
+
+
 def _worker(config: dict) -> None:
     """``train_loop_per_worker``: rebuild the config and run the same loop."""
+    if config.get("schema") != schema_fingerprint():
+        import lavic_ray
+        from lavic_ray.errors import InvalidInput
+
+        raise InvalidInput(
+            f"this Ray Train worker's lavic_ray ({lavic_ray.__file__}) has another configuration schema than the driver's "
+            f"({config.get('schema')} vs {schema_fingerprint()}): the driver and its workers run different versions "
+            "(one image for the head and every worker group; no code changed under a running job)")
     cfg = LavicConfig.model_validate(config["cfg"])
     stage = config["stage"]
     scfg = stage_config(cfg, stage)
@@ -171,7 +188,7 @@ def run_ray(stage: Stage, cfg: LavicConfig, out_dir: str | Path, table: str | Pa
     )
     trainer = TorchTrainer(
         train_loop_per_worker=_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "stage": stage,
+        train_loop_config={"cfg": cfg.model_dump(mode="json"), "schema": schema_fingerprint(), "stage": stage,
                            "table": str(Path(table).resolve()) if table else None, "out_dir": str(out_dir)},
         scaling_config=ScalingConfig(num_workers=scfg.num_workers, use_gpu=scfg.use_gpu,
                                      resources_per_worker={"CPU": scfg.cpus_per_worker},

@@ -59,3 +59,17 @@ def test_the_config_replaces_a_start_timeout_left_in_the_environment(monkeypatch
     monkeypatch.setenv(run_mod.WORKER_START_TIMEOUT_ENV, "30")
     run_mod.set_worker_start_timeout(120)
     assert os.environ[run_mod.WORKER_START_TIMEOUT_ENV] == "120"
+
+
+def test_a_worker_running_another_lavic_ray_than_the_driver_says_so(tmp_path, captured):
+    """The driver sends its configuration schema's fingerprint; a worker whose code differs (an image that differs
+    between head and worker groups, code changed under a running job) refuses in one sentence, not with pydantic's
+    list of unknown keys."""
+    from lavic_ray.errors import InvalidInput
+
+    with pytest.raises(_Captured):
+        run_mod.run_ray("stage1", load_config(None, []), tmp_path / "out")
+    config = captured["train_loop_config"]
+    assert config["schema"] == run_mod.schema_fingerprint()
+    with pytest.raises(InvalidInput, match="run different versions"):
+        run_mod._worker({**config, "schema": "0123456789ab"})
