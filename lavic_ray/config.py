@@ -296,10 +296,13 @@ class StageConfig(Strict):
                                                               "validation (lavic-ray) or the last step's (the reference)")
     group_by_length: bool = Field(True, description="micro-batches of similar length (less padding), sorted within windows of 32, then shuffled")
 
-
     def warmup_for(self, precision: str) -> int:
         """The warmup of this stage where it trains in ``precision`` (concrete: fp32, bf16-mixed, ...)."""
         return self.warmup_steps
+
+    def early_stopping(self) -> tuple[int | None, float, int]:
+        """``(patience, min_delta, min_steps)``: none here, every step runs (stage 2 has its own)."""
+        return None, 0.0, 0
 
     def run_resources(self) -> tuple[str, float]:
         """The resource one Ray Train run of this stage holds, and how much of it: a GPU per worker, else its CPUs."""
@@ -348,6 +351,9 @@ class Stage2Config(StageConfig):
     def warmup_for(self, precision: str) -> int:
         """``fp32_warmup_steps`` where the stage trains in fp32 and it is set, else ``warmup_steps``."""
         return self.fp32_warmup_steps if precision == "fp32" and self.fp32_warmup_steps is not None else self.warmup_steps
+
+    def early_stopping(self) -> tuple[int | None, float, int]:
+        return self.patience, self.min_delta, self.min_steps
 
 
 class JobConfig(Strict):

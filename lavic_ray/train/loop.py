@@ -194,7 +194,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                     state.stopped = stop
                     metrics["stopped"] = 1
                     log.info("%s: stopping at step %d of %d (no improvement in %d validations)", task.name, state.step,
-                             total_steps, cfg.patience)
+                             total_steps, cfg.early_stopping()[0])
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
@@ -268,8 +268,8 @@ def _grow_threads(name: str) -> None:
 def _should_stop(cfg: StageConfig, state: TrainState) -> str | None:
     """Early stopping after a validation: ``patience`` validations without improvement (past ``min_steps``). No time
     cap: it made where a run stops depend on the machine's speed (docs/history.md)."""
-    patience = getattr(cfg, "patience", None)  # stage 2's (stage 1 runs every step)
-    if patience is not None and state.step >= cfg.min_steps and state.since_improved >= patience:
+    patience, _, min_steps = cfg.early_stopping()
+    if patience is not None and state.step >= min_steps and state.since_improved >= patience:
         return "patience"
     return None
 
@@ -302,7 +302,7 @@ def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, e
     with torch.no_grad(), engine.precision():
         m = task.validate(module)
     value = m.get(task.best_metric)
-    keep, min_delta = (cfg.keep, getattr(cfg, "min_delta", 0.0)) if cfg is not None else ("best", 0.0)
+    keep, min_delta = (cfg.keep, cfg.early_stopping()[1]) if cfg is not None else ("best", 0.0)
     if value is not None and math.isfinite(value):
         sign = 1 if task.higher_is_better else -1
         improved = state.best is None or sign * (value - state.best) > min_delta
