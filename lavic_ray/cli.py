@@ -175,9 +175,8 @@ def _resolved(args):
 def cmd_small_model(args) -> int:
     from lavic_ray.model.small import build_small_model
 
-    sm_keys = {k: f"small_model.{k}" for k in ("epochs", "lr", "batch_size", "max_images", "llm_lora_r",
-                                                 "contrastive_epochs", "vision_image_size", "tower_lr_scale", "step_budget",
-                                                 "contrastive_step_budget", "tower")} | {"model_seed": "small_model.seed"}
+    sm_keys = {k: f"small_model.{k}" for k in ("epochs", "lr", "batch_size", "llm_lora_r", "vision_image_size",
+                                                 "step_budget")} | {"model_seed": "small_model.seed"}
     cfg = _load(args, _flag_overrides(args, sm_keys))
     with _long_command(args, args.out, "small-model") as console:
         with console.step("small model"):
@@ -440,12 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
 
     sm = SmallModelConfig.model_fields
-    p = add("small-model", cmd_small_model, "build the small LLaVA-Next (SmolLM2 + a vision side trained on the catalog)")
+    p = add("small-model", cmd_small_model, "build the small LLaVA-Next (SmolLM2 + DINOv2, its projector trained on the catalog)")
     p.add_argument("--catalog", required=True, help="dataset root whose images and descriptions train the vision side")
     p.add_argument("--out", required=True)
-    for flag, kind in (("epochs", int), ("lr", float), ("batch-size", int), ("max-images", int), ("llm-lora-r", int),
-                       ("contrastive-epochs", int), ("vision-image-size", int), ("tower-lr-scale", float),
-                       ("step-budget", int), ("contrastive-step-budget", int), ("tower", str)):
+    for flag, kind in (("epochs", int), ("lr", float), ("batch-size", int), ("llm-lora-r", int),
+                       ("vision-image-size", int), ("step-budget", int)):
         key = flag.replace("-", "_")
         p.add_argument(f"--{flag}", type=kind, help=f"small_model.{key}: {sm[key].description or ''} "
                                                     f"(default {sm[key].default})")

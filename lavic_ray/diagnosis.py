@@ -141,7 +141,7 @@ def blind_text(probe: dict) -> str | None:
         out.append(f"The model cannot name the {' and the '.join(both)} even from all its image tokens ({what}; "
                    f"{teacher['items']} items), nor from the 5 vectors after stage 1: the teacher LaViC distils from "
                    f"does not see {it}, and no stage can put {it} into the vectors. The limit is the model's vision "
-                   "side (the quickstart's small model trains its own from scratch on the catalog), not LaViC's stages.")
+                   "side (the checkpoint's tower and projector), not LaViC's stages.")
     return " ".join(out)
 
 

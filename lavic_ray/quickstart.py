@@ -52,28 +52,6 @@ def quickstart_config(path: str | Path | list | None = None, overrides: list[str
     return load_config([preset, *paths], overrides)
 
 
-def _speed_note(cfg: LavicConfig) -> str | None:
-    """What to expect where the run will not be the one the quickstart's figures were measured on.
-
-    ``engine.precision: auto`` trains in fp32 on a CPU without AVX-512 BF16 or AMX (emulated bf16 is ~20x slower
-    there); fp32 on such a CPU is slower than bf16 on one that has it, and its stage 2 warms up differently
-    (``stage2.fp32_warmup_steps``): the person should know before the first hour, not after. None where CUDA is
-    present or bf16 is native.
-    """
-    import torch
-
-    from lavic_ray.model.precision import bf16_is_native, concrete_precision, cpu_summary
-
-    if torch.cuda.is_available() or bf16_is_native("cpu"):
-        return None
-    fp32 = [(s, c) for s, c in (("stage 1", cfg.stage1), ("stage 2", cfg.stage2))
-            if concrete_precision(c.engine.precision, "cpu") == "fp32"]
-    auto = [s for s, c in fp32 if c.engine.precision == "auto"]
-    how = f"{' and '.join(auto)} train in fp32 (engine.precision auto)" if auto else "training runs as configured"
-    return (f"note: no native bf16 on this CPU ({cpu_summary()})\n"
-            f"  {how}: slower than where bf16 is native, and stage 2 may not learn every time (docs/quickstart.md)")
-
-
 def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str, dict]:
     """Run every step under ``cfg.storage_root``; return ``{method: metrics}`` on the test split.
 
@@ -101,9 +79,6 @@ def run_quickstart(cfg: LavicConfig, console: Console | None = None) -> dict[str
     steps = ["dataset", "model", "stage 1 (with the probe before and after)", "item embedding tables",
              "stage 2: " + ", ".join(cfg.job.variants), "evaluation of every method on the test split", "report"]
     n = len(steps)
-    note = _speed_note(cfg)
-    if note:
-        console.line(note)
     with console.step(steps[0] + (f" {cfg.dataset.root}" if cfg.dataset.root else " (the synthetic catalog)"), 1, n):
         root = timed("synthetic catalog", workflow.dataset_root, cfg, art, create=True)
         checked = validate_root(root)

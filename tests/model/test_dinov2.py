@@ -91,12 +91,12 @@ def test_a_llava_next_on_the_dinov2_tower_saves_loads_and_gives_lavic_its_cls_ve
         build_tokenizer_tiny,
         load_checkpoint,
         make_image_processor,
-        small_vision_tower,
     )
     from lavic_ray.model.lavic import LaViC, full_token_features
     from lavic_ray.model.lora import add_lora
 
-    vision, pretrained, norm = small_vision_tower("dinov2", 112)
+    pretrained = dinov2.convert(112)
+    vision, norm = pretrained.config, {"mean": dinov2.IMAGE_MEAN, "std": dinov2.IMAGE_STD}
     tok = build_tokenizer_tiny()
     text = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
                        num_key_value_heads=2, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,

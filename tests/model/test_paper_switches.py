@@ -175,7 +175,7 @@ def test_paper_presets_hold_the_references_settings():
 def test_the_paper_presets_turn_off_lavic_rays_training_options_over_the_quickstarts():
     """`lavic quickstart --config jobs/configs/paper_small.yaml`: the quickstart preset's additions are undone."""
     qs = load_config("lavic_ray/presets/quickstart_small.yaml")
-    assert qs.stage1.word_alignment > 0 and qs.stage2.lr_decay == "cosine" and qs.stage2.patience
+    assert qs.stage1.word_alignment > 0 and qs.stage2.lr_decay == "cosine" and qs.stage2.warmup_steps
     p = load_config(["lavic_ray/presets/quickstart_small.yaml", "jobs/configs/paper_small.yaml"])
     assert p.stage1.word_alignment == 0
-    assert (p.stage2.lr_decay, p.stage2.patience, p.stage2.negative_sampling) == ("constant", None, "random")
+    assert (p.stage2.lr_decay, p.stage2.warmup_steps, p.stage2.negative_sampling) == ("constant", 0, "random")

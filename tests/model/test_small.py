@@ -3,7 +3,7 @@
 import torch
 
 from lavic_ray.data.layout import Catalog
-from lavic_ray.model.small import align_projector, contrastive_pretrain_vision, train_vision_side
+from lavic_ray.model.small import align_projector, train_vision_side
 
 
 def _llm_weights(model):
@@ -16,8 +16,7 @@ def _vision_weights(model):
 
 def test_full_token_step_tunes_the_llm_through_merged_lora(tiny, synth_root):
     llm, vision = _llm_weights(tiny.model), _vision_weights(tiny.model)
-    history = train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=8, llm_lora_r=4,
-                                autocast=False)
+    history = train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=8, llm_lora_r=4)
     assert len(history) == 1 and torch.isfinite(torch.tensor(history)).all()
     model = tiny.model
     # the adapter is merged: a plain LLaVA-Next again, that save_pretrained writes as any checkpoint
@@ -32,15 +31,14 @@ def test_full_token_step_tunes_the_llm_through_merged_lora(tiny, synth_root):
 
 def test_full_token_step_can_keep_the_llm_frozen(tiny, synth_root):
     llm = _llm_weights(tiny.model)
-    train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0, autocast=False)
+    train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0)
     after = _llm_weights(tiny.model)
     assert all(torch.equal(llm[n], after[n]) for n in llm)
 
 
-def test_full_token_step_can_keep_the_tower_frozen(tiny, synth_root):
+def test_full_token_step_keeps_the_tower_frozen(tiny, synth_root):
     before = _vision_weights(tiny.model)
-    train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0, autocast=False,
-                      tower_lr_scale=0.0)
+    train_vision_side(tiny, Catalog.load(synth_root), epochs=1, batch_size=4, max_images=4, llm_lora_r=0)
     after = _vision_weights(tiny.model)
     tower = [n for n in before if "vision_tower" in n]
     assert tower and all(torch.equal(before[n], after[n]) for n in tower)  # LLaVA's recipe: the tower stays as it was
@@ -53,21 +51,9 @@ def test_a_step_budget_stops_the_full_token_step_and_ends_its_schedule_there(tin
     progress = tmp_path / "progress.json"
     # 8 images in batches of 4: 2 steps an epoch, 3 epochs = 6 steps; the budget: 3 (one epoch and a half)
     history = train_vision_side(tiny, Catalog.load(synth_root), epochs=3, batch_size=4, max_images=8, llm_lora_r=0,
-                                autocast=False, progress_file=progress, max_steps=3)
+                                progress_file=progress, max_steps=3)
     assert len(history) == 2 and torch.isfinite(torch.tensor(history)).all()
     assert json.loads(progress.read_text())["step"] == 3 and json.loads(progress.read_text())["total"] == 3
-
-
-def test_a_step_budget_stops_the_contrastive_step(tiny, synth_root, tmp_path):
-    import json
-
-    progress = tmp_path / "progress.json"
-    catalog = Catalog.load(synth_root)
-    n = sum(1 for it in catalog for im in it.images if im.description)
-    batch = n // 2  # 2 steps an epoch
-    history = contrastive_pretrain_vision(tiny, catalog, epochs=4, batch_size=batch, progress_file=progress, max_steps=3)
-    assert len(history) == 2  # the second epoch ran one of its two steps
-    assert json.loads(progress.read_text()) | {"status": None} == {"step": 2, "total": 2, "status": None}
 
 
 def test_a_budget_that_does_not_bind_changes_nothing(tiny_dir, synth_root):
@@ -79,7 +65,7 @@ def test_a_budget_that_does_not_bind_changes_nothing(tiny_dir, synth_root):
         ck = load_checkpoint(str(tiny_dir))
         torch.manual_seed(0)
         history = train_vision_side(ck, Catalog.load(synth_root), epochs=2, batch_size=4, max_images=8, llm_lora_r=0,
-                                    autocast=False, max_steps=budget)
+                                    max_steps=budget)
         runs.append((history, _vision_weights(ck.model)))
     (h0, w0), (h1, w1) = runs
     assert h0 == h1 and all(torch.equal(w0[n], w1[n]) for n in w0)
@@ -97,9 +83,8 @@ def test_the_projector_alignment_trains_the_projector_alone_towards_the_descript
     assert moved and all("multi_modal_projector" in n for n in moved)
 
 
-def test_each_tower_brings_its_own_view_size_and_contrastive_step(tiny_dir, synth_root, tmp_path, monkeypatch):
-    """``None`` is the tower's own: the scratch tower is trained contrastively at 112 px, the pretrained DINOv2 is
-    not, at 56 px, and its projector is aligned first; a given value wins (the record says what ran)."""
+def test_the_build_aligns_the_projector_first_then_reads_full_tokens_and_records_what_ran(tiny_dir, synth_root, tmp_path,
+                                                                                          monkeypatch):
     import json
 
     import lavic_ray.model.small as small
@@ -107,13 +92,9 @@ def test_each_tower_brings_its_own_view_size_and_contrastive_step(tiny_dir, synt
 
     calls = []
     monkeypatch.setattr(small, "build_small_base", lambda **kw: calls.append(("base", kw)) or load_checkpoint(str(tiny_dir)))
-    monkeypatch.setattr(small, "contrastive_pretrain_vision", lambda ck, cat, epochs, **kw: calls.append(("contrastive", epochs)) or [])
     monkeypatch.setattr(small, "align_projector", lambda ck, cat, **kw: calls.append(("align",)) or [])
-    monkeypatch.setattr(small, "train_vision_side", lambda *a, **kw: calls.append(("full-token",)) or [])
-    for tower, size, expected in (("scratch", None, [("contrastive", 40), ("full-token",)]),
-                                  ("dinov2", None, [("align",), ("full-token",)]), ("dinov2", 112, [("align",), ("full-token",)])):
-        calls.clear()
-        out = small.build_small_model(synth_root, tmp_path / f"{tower}{size}", tower=tower, vision_image_size=size)
-        want = size or {"scratch": 112, "dinov2": 56}[tower]
-        assert calls == [("base", {"vision_image_size": want, "seed": 0, "tower": tower}), *expected]
-        assert json.loads((out / "lavic_small_model.json").read_text())["vision_image_size"] == want
+    monkeypatch.setattr(small, "train_vision_side", lambda *a, **kw: calls.append(("full-token", kw["max_steps"])) or [])
+    out = small.build_small_model(synth_root, tmp_path / "small", vision_image_size=112, step_budget=7)
+    assert calls == [("base", {"vision_image_size": 112, "seed": 0}), ("align",), ("full-token", 7)]
+    record = json.loads((out / "lavic_small_model.json").read_text())
+    assert record["vision_image_size"] == 112 and record["step_budget"] == 7 and "DINOv2" in record["vision"]
