@@ -124,15 +124,9 @@ class Console:
                         p = json.loads(storage.fetch(progress_file, refresh=True).read_text())
                     except (OSError, ValueError):
                         continue
-                    if p == seen:
-                        continue
-                    if seen is None:  # the rate (and the ETA) counts from the first step seen: a resumed run
-                        _rebase(bar, p.get("step", 0))  # starts at its checkpoint's step, not at 0
-                    seen = p
-                    bar.total = p.get("total")
-                    bar.n = p.get("step", 0)
-                    bar.set_postfix_str(p.get("status", ""), refresh=False)
-                    bar.refresh()
+                    if p != seen:
+                        _show(bar, seen, p)
+                        seen = p
 
         t = threading.Thread(target=follow, name=f"progress {desc}", daemon=True)
         t.start()
@@ -141,6 +135,18 @@ class Console:
         finally:
             stop.set()
             t.join(timeout=5)
+
+
+def _show(bar, seen: dict | None, p: dict) -> None:
+    """Put progress ``p`` on ``bar``, after ``seen``. The rate (and the ETA) counts from the first step seen of each
+    phase: a resumed run starts at its checkpoint's step, and the small model's build starts its next phase at step
+    0 of another total."""
+    if seen is None or p.get("total") != seen.get("total") or p.get("step", 0) < seen.get("step", 0):
+        _rebase(bar, p.get("step", 0))
+    bar.total = p.get("total")
+    bar.n = p.get("step", 0)
+    bar.set_postfix_str(p.get("status", ""), refresh=False)
+    bar.refresh()
 
 
 def _rebase(bar, n: int) -> None:

@@ -111,3 +111,21 @@ def test_a_resumed_runs_eta_counts_only_the_steps_this_run_made(monkeypatch):
         bar.n = 160
         bar.refresh()
     assert "160/240 steps (67%), 40s, ETA 5m20s" in err.getvalue().splitlines()[0]
+
+
+def test_the_eta_of_a_builds_next_phase_counts_from_that_phases_first_step(monkeypatch):
+    """The small model's build aligns its projector (300 fast steps), then runs 60 slow full-token steps: the second
+    phase's ETA is its own rate (5 steps in 32 s, 51 left: 5m26s), not one from steps of the first."""
+    clock = [1000.0]
+    monkeypatch.setattr(console.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(console, "PLAIN_EVERY_S", 0.0)
+    err = io.StringIO()
+    c = console.Console(io.StringIO(), err)
+    seen = None
+    with c.progress(None, "small model", "step") as bar:
+        for dt, p in ((0, {"step": 12, "total": 300}), (60, {"step": 300, "total": 300}), (30, {"step": 4, "total": 60}),
+                      (32, {"step": 9, "total": 60})):
+            clock[0] += dt
+            console._show(bar, seen, p)
+            seen = p
+    assert "9/60 steps (15%), 2m02s, ETA 5m26s" in err.getvalue().splitlines()[-1], err.getvalue()
