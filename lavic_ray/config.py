@@ -323,6 +323,7 @@ class Stage2Config(StageConfig):
     candidates_key: str = Field("candidates_st", description="the candidate list stage 2 trains on (candidates_st: SBERT's top 10)")
     elastic_threads: bool = Field(False, description="CPU runs on Ray: a worker takes more torch threads when its node's CPUs fall idle")
 
+
 class JobConfig(Strict):
     """What one ``ray job submit`` entry point (``jobs/<job>.py``) works on."""
 

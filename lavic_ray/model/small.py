@@ -169,8 +169,7 @@ def train_vision_side(ck: Checkpoint, catalog: Catalog, epochs: int = 2, lr: flo
     catalog: with the LLM frozen the description loss ended at 2.05 and the model named
     0 of 20 test colours; with LoRA r 16 it reached 0.22 within 30 steps.
 
-    ``max_steps`` caps the optimizer steps the epochs
-    take (the schedule ends there).
+    ``max_steps`` caps the optimizer steps the epochs take (the schedule ends there).
 
     Returns:
         The mean training loss of each epoch (of the last, partial one too).
