@@ -122,3 +122,17 @@ def test_without_attribute_truth_the_report_and_console_name_the_words_the_model
     assert "| slim | 18 | 1.00 / 0.10 | 0.94 / 0.07 |" in lines and f"**{text}**" in lines
     assert _words_text({}) is None and _words_text({"words": {"items": 0, "teacher": {}, "after": {}}}) is None
     assert _probe_lines({}) == []
+
+
+def test_a_rerun_probes_nothing_again_once_the_probe_of_its_kind_is_in_place():
+    """The teacher's probe (synthetic catalog) and the word probe (any other) run once: a rerun whose probe.json
+    already holds them reads them back (the quickstart's rerun re-evaluates; it does not probe again)."""
+    from lavic_ray.diagnosis import diagnose
+
+    def no_probe(*a, **k):
+        raise AssertionError("probed again")
+
+    stuck = {"lavic": {"learned": False}}
+    for probe in ({"after": {}, "teacher": {}}, {"words": {"items": 3}}):
+        assert diagnose(None, None, stuck, probe, no_probe) is probe
+    assert diagnose(None, None, {"lavic": {"learned": True}}, {}, no_probe) == {}  # it learned: nothing to probe

@@ -45,7 +45,10 @@ SUBSTITUTIONS = {
     # steps, trials and evaluation sizes: trimmed by --set overrides appended to each job's entrypoint
     "trims": ["stage1.max_steps=2", "stage2.max_steps=2", "stage1.eval_limit=4", "stage2.eval_limit=4",
               "stage1.eval_every=2", "stage2.eval_every=2", "eval.limit=6", "tune.num_samples=1",
-              "tune.grace_period=1", "describe.limit=4", "describe.max_new_tokens=8"],
+              "tune.grace_period=1", "describe.limit=4", "describe.max_new_tokens=8",
+              # the pipeline job trusts the distill and recommend jobs before it (their runs are in place): it adds
+              # the evaluation and the report, not two more stage-2 variants
+              "job.variants=[lavic]"],
     # Serve's HTTP proxy: on 127.0.0.1 and a free port, on the head only (every fake node is this one machine)
     "serve": {"proxy_location": "HeadOnly", "http_options.host": "127.0.0.1", "http_options.port": "<free port>"},
 }

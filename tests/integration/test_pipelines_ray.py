@@ -10,16 +10,7 @@ from lavic_ray.config import load_config
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def ray_data():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
-    yield
-    ray.shutdown()
-
-
-def test_preprocess_on_ray_data_matches_the_plain_run(tmp_path, tiny_dir, synth_root, ray_data):
+def test_preprocess_on_ray_data_matches_the_plain_run(tmp_path, tiny_dir, synth_root, local_ray):
     from lavic_ray.pipeline.preprocess import run_preprocess
 
     cfg = load_config(None, [f"model.checkpoint={tiny_dir}", "preprocess.shard_size=64", "preprocess.workers=2"])
@@ -40,7 +31,7 @@ def test_preprocess_on_ray_data_matches_the_plain_run(tmp_path, tiny_dir, synth_
     assert sorted(t_ray.ids) == sorted(ids) and (t_ray.lookup(ids) - t_one.lookup(ids)).abs().max() < 1e-4
 
 
-def test_describe_on_a_ray_data_actor_pool(tmp_path, tiny_dir, synth_root, ray_data):
+def test_describe_on_a_ray_data_actor_pool(tmp_path, tiny_dir, synth_root, local_ray):
     from lavic_ray.pipeline.describe import run_describe
 
     cfg = load_config(None, [f"model.checkpoint={tiny_dir}", "describe.overwrite=true", "describe.limit=6",

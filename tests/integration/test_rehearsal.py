@@ -236,6 +236,10 @@ def test_kuberay_rehearsal(tmp_path, api_token, volumes):
     root = r.local(load_config(REPO / "jobs" / "configs" / "7b.yaml").storage_root)
     assert json.loads(out["jobs"]["download"]["logs"].strip().splitlines()[-1])["downloaded"] is False
     assert (root / "report" / "report.md").is_file() and (root / "tune" / "stage2" / "best.yaml").is_file()
+    # recommend found distill's adapter and embedded the item table itself before its stage 2
+    recommended = json.loads(out["jobs"]["recommend"]["logs"].strip().splitlines()[-1])
+    assert recommended["stage2_dir"].endswith("stage2/lavic") and recommended["table"].endswith(".parquet")
+    assert (root / "stage2" / "lavic" / "adapter" / "adapter_config.json").is_file()
     assert any("RayTrainWorker" in k for k in out["where"]), out["where"]
 
 

@@ -1,0 +1,20 @@
+"""The integration tier's local Ray: one instance per test module that runs Ray work from this process."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """A local Ray with 2 CPUs and the dashboard (Ray Train's state API needs it), shared by a module's tests (each
+    start costs seconds of CPU on a 2-core machine) and shut down after them: an idle Ray left running takes CPU from
+    the tests after it (the rehearsal's cluster, the quickstart's own Ray)."""
+    import ray
+
+    from lavic_ray.runtime import dashboard_port
+
+    # address="local": never join another Ray of this machine (a `ray start` head another test started)
+    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port())
+    yield
+    ray.shutdown()
