@@ -6,7 +6,6 @@ likelihood and generation evaluations, and a request through the Serve applicati
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,13 +18,18 @@ from lavic_ray.config import load_config
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 SIZES = [(336, 336), (336, 1008), (672, 672)]  # 3, 4 and 5 LLaVA-Next views at 336 px
+ITEMS = 96
 
 
 @pytest.fixture(scope="module")
-def chain(tmp_path_factory, mistral_dir, synth_root):
+def chain(tmp_path_factory, mistral_dir, sbert):
+    from lavic_ray.config import SynthConfig
+    from lavic_ray.data.synthetic import generate
+
     tmp = tmp_path_factory.mktemp("mistral_chain")
     root = tmp / "catalog"
-    shutil.copytree(synth_root, root)
+    # a catalog of its own, half the shared one: every image is tiled into 336 px views here
+    generate(SynthConfig(seed=7, items=ITEMS, conversations=60), root, retriever=sbert)
     for i, p in enumerate(sorted((root / "images").glob("*.jpg"))):
         Image.open(p).convert("RGB").resize(SIZES[i % 3]).save(p)
     common = [f"model.checkpoint={mistral_dir}", f"dataset.root={root}", f"storage_root={tmp / 'runs'}",
@@ -54,7 +58,7 @@ def test_stage1_and_the_item_table_from_the_preprocessed_views(chain):
         from lavic_ray.model.table import VectorTable
 
         t = VectorTable.load(table)
-        assert t.vectors.shape[1:] == (5, 64) and len(t) == 192
+        assert t.vectors.shape[1:] == (5, 64) and len(t) == ITEMS
     # the paper's vectors are not rescaled (lavic-ray's are, to the token-embedding norm): they differ
     a = VectorTable.load(chain.tmp / "items_ours.parquet").vectors
     b = VectorTable.load(chain.tmp / "items_paper.parquet").vectors
