@@ -12,9 +12,9 @@ def local_ray():
     the tests after it (the rehearsal's cluster, the quickstart's own Ray)."""
     import ray
 
-    from lavic_ray.runtime import dashboard_port
+    from lavic_ray.runtime import ensure_ray
 
-    # address="local": never join another Ray of this machine (a `ray start` head another test started)
-    ray.init(address="local", num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1", dashboard_port=dashboard_port())
+    # "local": never join another Ray of this machine (a `ray start` head another test started)
+    ensure_ray("local", num_cpus=2)
     yield
     ray.shutdown()

@@ -183,6 +183,11 @@ def _run(r: Rehearsal, jobs: list[tuple[str, str, dict]], rayservice: dict) -> d
             "wrong_token": _post(url, body, "not-the-token"), "where": _where_model_work_ran(r)}
 
 
+def _job_result(out: dict, job: str) -> dict:
+    """A job's result: the JSON its driver prints last (``lavic_ray.jobs.main``)."""
+    return json.loads(out["jobs"][job]["logs"].strip().splitlines()[-1])
+
+
 def _assert_rehearsal(out: dict) -> None:
     assert not out["gpu_before"], "the GPU group must start at zero"
     assert out["gpu_nodes"], "the GPU group never scaled up"
@@ -234,10 +239,10 @@ def test_kuberay_rehearsal(tmp_path, api_token, volumes):
     print("\nKubeRay rehearsal, seconds per job:", {k: v["seconds"] for k, v in out["jobs"].items()})
     _assert_rehearsal(out)
     root = r.local(load_config(REPO / "jobs" / "configs" / "7b.yaml").storage_root)
-    assert json.loads(out["jobs"]["download"]["logs"].strip().splitlines()[-1])["downloaded"] is False
+    assert _job_result(out, "download")["downloaded"] is False
     assert (root / "report" / "report.md").is_file() and (root / "tune" / "stage2" / "best.yaml").is_file()
     # recommend found distill's adapter and embedded the item table itself before its stage 2
-    recommended = json.loads(out["jobs"]["recommend"]["logs"].strip().splitlines()[-1])
+    recommended = _job_result(out, "recommend")
     assert recommended["stage2_dir"].endswith("stage2/lavic") and recommended["table"].endswith(".parquet")
     assert (root / "stage2" / "lavic" / "adapter" / "adapter_config.json").is_file()
     assert any("RayTrainWorker" in k for k in out["where"]), out["where"]

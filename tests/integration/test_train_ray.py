@@ -6,6 +6,7 @@ import pytest
 
 from lavic_ray.config import load_config
 from lavic_ray.model.table import VectorTable
+
 pytestmark = pytest.mark.integration
 
 # a worker group that cannot start (a dead worker's resources never freed, a machine too busy) fails the run
@@ -46,8 +47,6 @@ def test_stage1_embed_stage2_on_ray_train_with_deepspeed(tmp_path, tiny_dir, syn
 def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tiny_dir, synth_root, local_ray):
     """SIGKILL a Ray Train worker after its first checkpoint: FailureConfig restarts the worker group,
     which resumes from the latest reported checkpoint; steps and losses continue to the end."""
-    import os
-    import signal
     import threading
     import time
 
@@ -86,7 +85,7 @@ def test_a_killed_training_worker_resumes_from_its_last_checkpoint(tmp_path, tin
                     except psutil.Error:
                         continue
                     if title and title[0].startswith("ray::RayTrainWorker"):
-                        os.kill(p.pid, signal.SIGKILL)
+                        p.kill()  # SIGKILL
                         killed["pid"] = p.pid
                         return
             time.sleep(0.05)
